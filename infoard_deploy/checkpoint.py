@@ -83,6 +83,8 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> Dict[str, torch.
     changed = True
     while changed:
         changed = False
+        # a saved Normalized wrapper holds mean/std beside net.*: drop them first so "net." strips
+        sd = {k: v for k, v in sd.items() if k not in _NORM_KEYS}
         for p in _PREFIXES:
             if sd and all(k.startswith(p) for k in sd):
                 sd = {k[len(p):]: v for k, v in sd.items()}

@@ -9,3 +9,5 @@ from .pgd import pgd, pgd_ce
 ATTACKS: Registry = Registry("attack")
 
 __all__ = ["ATTACKS", "pgd", "pgd_ce"]
+
+from . import suite  # noqa: F401,E402  (fills ATTACKS)

@@ -21,6 +21,9 @@ err_console = Console(stderr=True, highlight=False)
 
 class _State:
     device_spec: str = "auto"
+    # When set (by the pipeline), emit_json writes the result to this file instead of stdout, so
+    # progress output on stdout never mixes with the machine-readable result.
+    json_sink: Optional[str] = None
 
 
 STATE = _State()
@@ -32,7 +35,13 @@ def device() -> torch.device:
 
 
 def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    text = json.dumps(obj, indent=2, default=_json_default) + "\n"
+    if STATE.json_sink:
+        from ..utils import write_text_atomic
+
+        write_text_atomic(STATE.json_sink, text)
+        return
+    sys.stdout.write(text)
 
 
 def floats(text: Optional[str], name: str) -> Optional[List[float]]:

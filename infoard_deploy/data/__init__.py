@@ -14,12 +14,19 @@ from .base import ArraySet, DataBundle, ImageSet
 from .digits import load_digits_bundle
 from .loader import BatchLoader, augment_batch, split_indices, to_tensor
 from .mnist import load_idx_bundle
+from .cifar import load_cifar_bundle
+from .folder import load_folder_bundle
+from .npz import load_npz_bundle
 
 DATASETS: Registry[Callable[..., DataBundle]] = Registry("dataset")
 DATASETS.register("digits", load_digits_bundle, about="scikit-learn 8x8 digits, bundled (no download)")
 DATASETS.register("mnist", partial(load_idx_bundle, "mnist"), about="MNIST, official IDX .gz files")
 DATASETS.register("fashion-mnist", partial(load_idx_bundle, "fashion-mnist"),
                   about="Fashion-MNIST IDX files (auto-found from Debian's dataset-fashion-mnist)")
+DATASETS.register("cifar10", partial(load_cifar_bundle, "cifar10"), about="CIFAR-10, official python-version archive (tar.gz or extracted)")
+DATASETS.register("cifar100", partial(load_cifar_bundle, "cifar100"), about="CIFAR-100 (fine labels), official python-version archive")
+DATASETS.register("imagefolder", load_folder_bundle, about="root/train/<class>/*.png|jpg and root/test/<class>/, decoded lazily")
+DATASETS.register("npz", load_npz_bundle, about="x uint8 NHWC + y labels: one .npz (x_train/y_train/x_test/y_test) or train.npz/test.npz")
 
 
 def load_data(name: str, root: Optional[str | Path] = None, download: bool = False, **opts: Any) -> DataBundle:

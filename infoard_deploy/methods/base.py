@@ -13,7 +13,7 @@ student, and per-sample state (ASA's strength memory, as buffers) is saved in ch
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -73,3 +73,160 @@ class DistillMethod(nn.Module):
 
     def sync(self) -> None:
         """Make per-sample state consistent across DDP ranks (called by the trainer after each step)."""
+
+    def teardown(self) -> None:
+        """Release resources held on the models (e.g. MIM's forward hooks); safe to call twice."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shared plumbing of the ARD-family methods (ard.py, rslad.py, iad.py, adaad.py, infoard.py).
+# ---------------------------------------------------------------------------------------------------
+
+_ATTACK_DEFAULTS: Dict[str, Any] = {
+    "steps": 10,  # PGD iterations K
+    "step_ratio": 0.25,  # alpha / eps: 2/255 at 8/255 in every ARD repo (per-sample with ASA)
+    "eps_scale": 1.0,  # training radius / nominal eps (AdaAD's larger search radius: 2.0)
+}
+
+
+class AdversarialDistillation(DistillMethod):
+    """Base of methods that craft x' with PGD and distil; ASA and MIM plug in as optional components.
+
+    Subclasses set ``defaults`` (their hyper-parameters, from the official code) and implement
+    :meth:`forward` with the helpers below, so that ASA replaces the fixed radius inside *their own*
+    inner maximisation (:meth:`radius`, :meth:`attack`) and MIM adds its terms to *their own* loss
+    (:meth:`teacher_logits` / :meth:`student_adv` capture the features, :meth:`finish` adds the terms).
+    """
+
+    defaults: Dict[str, Any] = {}
+    default_asa: bool = False
+    default_mim: bool = False
+
+    def __init__(self, asa: Optional[nn.Module] = None, mim: Optional[nn.Module] = None, **opts: Any):
+        super().__init__()
+        unknown = set(opts) - set(self.option_defaults())
+        if unknown:
+            raise ValueError(f"{self.name}: unknown options {sorted(unknown)}")
+        self.hp: Dict[str, Any] = {**self.option_defaults(), **opts}
+        if int(self.hp["steps"]) < 0 or not float(self.hp["step_ratio"]) > 0 or not float(self.hp["eps_scale"]) > 0:
+            raise ValueError("steps must be >= 0, step_ratio and eps_scale > 0")
+        self.asa = asa
+        self.mim = mim
+        self._reset_step()
+
+    @classmethod
+    def option_defaults(cls) -> Dict[str, Any]:
+        return {**_ATTACK_DEFAULTS, **cls.defaults}
+
+    @classmethod
+    def create(cls, asa: Optional[nn.Module], mim: Optional[nn.Module], **opts: Any) -> "AdversarialDistillation":
+        return cls(asa=asa, mim=mim, **opts)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def setup(self, student: nn.Module, teacher: Optional[nn.Module], *, num_train: int, num_classes: int,
+              eps: float, student_arch: Optional[str] = None, teacher_arch: Optional[str] = None,
+              input_shape=None) -> None:
+        if self.needs_teacher and teacher is None:
+            raise ValueError(f"method '{self.name}' needs a teacher")
+        if teacher is not None:  # frozen: eval mode (BN statistics fixed) and no parameter gradients
+            teacher.eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+        dev = next(student.parameters()).device
+        if self.asa is not None:
+            self.asa.setup(num_train, eps * float(self.hp["eps_scale"]), dev)
+        if self.mim is not None:
+            self.mim.setup(student, teacher, student_arch, teacher_arch, input_shape, num_classes)
+
+    def end_epoch(self, epoch: int) -> Dict[str, float]:
+        return self.asa.epoch_stats() if self.asa is not None else {}
+
+    def sync(self) -> None:
+        if self.asa is not None:
+            self.asa.sync()
+
+    def teardown(self) -> None:
+        if self.mim is not None:
+            self.mim.remove_hooks()
+
+    # -- per-step helpers --------------------------------------------------------------------------
+    def _reset_step(self) -> None:
+        self._t_views: Dict[str, torch.Tensor] = {}
+        self._t_feats: Optional[Dict[str, torch.Tensor]] = None
+        self._s_feats: Optional[Dict[str, torch.Tensor]] = None
+        self._eps_used: Any = None
+
+    def radius(self, idx: torch.Tensor, ctx: StepContext, x: torch.Tensor):
+        """``(eps, alpha)``: floats, or (B,) tensors when ASA supplies per-sample radii."""
+        if self.asa is not None:
+            eps = self.asa.radius(idx, ctx.epoch, ctx.epochs).to(device=x.device, dtype=torch.float32)
+        else:
+            eps = float(ctx.eps) * float(self.hp["eps_scale"])
+        self._eps_used = eps
+        return eps, eps * float(self.hp["step_ratio"])
+
+    def attack(self, student: nn.Module, loss_fn, x: torch.Tensor, eps, alpha, ctx: StepContext, *,
+               bn_eval: bool, init: str) -> torch.Tensor:
+        """PGD maximising ``loss_fn(x').sum()`` with the student's BN in eval (``bn_eval``) or train mode."""
+        from ..attacks.pgd import pgd
+
+        was_training = student.training
+        student.train(not bn_eval)
+        try:
+            return pgd(loss_fn, x, eps, alpha, int(self.hp["steps"]), init=init, init_std=0.001,
+                       generator=ctx.generator)
+        finally:
+            student.train(was_training)
+
+    def teacher_logits(self, teacher: nn.Module, x: torch.Tensor, view: str) -> torch.Tensor:
+        """Teacher logits (no grad) on ``view`` = ``clean`` (x) or ``adv`` (x'), capturing MIM features
+        when this is the view MIM aligns to; cached for :meth:`finish` and ASA."""
+        if teacher.training:  # a frozen teacher is always evaluated with fixed BN statistics
+            teacher.eval()
+        tap = self.mim.t_tap if (self.mim is not None and self.mim.teacher_input == view) else None
+        with torch.no_grad():
+            if tap is not None:
+                with tap.capture() as feats:
+                    out = teacher(x)
+                self._t_feats = dict(feats)
+            else:
+                out = teacher(x)
+                if self.mim is not None and self.mim.teacher_input == view:
+                    self._t_feats = {}
+        self._t_views[view] = out
+        return out
+
+    def student_adv(self, student: nn.Module, x_adv: torch.Tensor) -> torch.Tensor:
+        """Student logits on x' (with graph), capturing MIM features from this pass only."""
+        if self.mim is None or self.mim.s_tap is None:
+            return student(x_adv)
+        with self.mim.s_tap.capture() as feats:
+            out = student(x_adv)
+        self._s_feats = dict(feats)
+        return out
+
+    def finish(self, loss: torch.Tensor, logs: Dict[str, torch.Tensor], teacher: nn.Module, x: torch.Tensor,
+               x_adv: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, ctx: StepContext,
+               s_adv: torch.Tensor, s_nat: Optional[torch.Tensor] = None) -> StepOutput:
+        """Add MIM terms, update ASA's memory, and turn the logs into floats with one device sync."""
+        logs = dict(logs)
+        logs["loss_base"] = loss.detach()
+        if self.mim is not None:
+            view = self.mim.teacher_input
+            if view not in self._t_views:  # the base method did not evaluate the teacher there: one extra pass
+                self.teacher_logits(teacher, x_adv if view == "adv" else x, view)
+            mim_loss, mim_logs = self.mim.loss(self._s_feats or {}, self._t_feats or {}, self._t_views[view])
+            loss = loss + mim_loss
+            logs.update(mim_logs)
+        if self.asa is not None:
+            self.asa.update(idx, y, s_adv.detach(), [self._t_views.get("clean"), self._t_views.get("adv")],
+                            ctx.epoch, ctx.epochs)
+            logs["asa_eps"] = self._eps_used.mean() / float(ctx.eps)
+        logs["acc_adv"] = (s_adv.detach().argmax(1) == y).float().mean()
+        if s_nat is not None:
+            logs["acc_nat"] = (s_nat.detach().argmax(1) == y).float().mean()
+        self._reset_step()
+        keys = list(logs)
+        vals = torch.stack([torch.as_tensor(logs[k], dtype=torch.float32, device=loss.device).reshape(())
+                            for k in keys]).tolist()
+        return StepOutput(loss=loss, x_adv=x_adv, logs=dict(zip(keys, vals)))

@@ -1,0 +1,109 @@
+"""``infoard-deploy export``: ONNX fp32/fp16/INT8 Q/DQ and TensorRT engines, each parity-gated.
+
+Examples::
+
+    infoard-deploy export --model student.pt --profile ort-cpu-fp32 --profile ort-cpu-int8 --calib-data fashion-mnist
+    infoard-deploy export --model student.pt --trt              # fp16 TensorRT engine (trt-fp16 profile)
+    infoard-deploy export --model student.pt --int8 --calib-data digits --out deploy/ --json
+
+Exit codes: 0 all artifacts within tolerance; 1 a parity gate failed (figures printed); 2 bad input.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import GateFailure, UserError
+from ._common import console, device, emit_json, err_console
+
+# direct flags are shorthands for the shipped profiles
+FLAG_PROFILES = {"fp32": "ort-cpu-fp32", "fp16": "ort-cuda-fp16", "int8": "ort-cpu-int8"}
+TRT_PROFILES = {"fp16": "trt-fp16", "int8": "trt-int8"}
+
+
+def resolve_profiles(names: List[str], fp32: bool, fp16: bool, int8: bool, trt: bool, trt_precision: str,
+                     calib_n: Optional[int], calib_method: Optional[str], opset: Optional[int]):
+    from ..export.profiles import load_profile
+
+    if trt_precision not in TRT_PROFILES:
+        raise UserError(f"--trt-precision must be fp16 or int8, got '{trt_precision}'")
+    wanted = list(names)
+    wanted += [FLAG_PROFILES[k] for k, on in (("fp32", fp32), ("fp16", fp16), ("int8", int8)) if on]
+    if trt:
+        wanted.append(TRT_PROFILES[trt_precision])
+    if not wanted:
+        wanted = [FLAG_PROFILES["fp32"]]
+    seen, profiles = set(), []
+    for w in wanted:
+        p = load_profile(w)
+        if p.name in seen:
+            continue
+        seen.add(p.name)
+        over = {"opset": opset}
+        if "int8" in p.precisions:
+            over.update(calib_n=calib_n, calib_method=calib_method)
+        profiles.append(p.with_overrides(**over))
+    return profiles
+
+
+def _table(result) -> Table:
+    t = Table(title=f"export of {Path(result['model']).name}", title_justify="left")
+    for col in ("artifact", "precision", "runtime", "max |dlogit|", "mean |dlogit|", "top-1 agree", "accuracy", "gate"):
+        t.add_column(col, justify="right" if col not in ("artifact", "runtime", "gate") else "left")
+    for a in result["artifacts"]:
+        p = a["parity"]
+        acc = f"{p['accuracy']:.4f} (ref {p['reference_accuracy']:.4f})" if "accuracy" in p else "-"
+        t.add_row(escape(Path(a["path"]).name), a["precision"], a["runtime"], f"{p['max_abs']:.3g}",
+                  f"{p['mean_abs']:.3g}", f"{p['top1_agreement']:.4f}", acc,
+                  "[green]ok[/green]" if a["passed"] else "[red]FAILED[/red]")
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export")
+    def export_cmd(
+        model: Path = typer.Option(..., "--model", help="student checkpoint (.pt/.safetensors) or ONNX file, with its .card.json"),
+        profile: List[str] = typer.Option([], "--profile", help="target profile name or .toml path (repeatable); see `list export-profiles`"),
+        fp32: bool = typer.Option(False, "--fp32", help="ONNX fp32 for ONNX Runtime CPU (profile ort-cpu-fp32)"),
+        fp16: bool = typer.Option(False, "--fp16", help="ONNX fp16 with float32 I/O (profile ort-cuda-fp16)"),
+        int8: bool = typer.Option(False, "--int8", help="ONNX INT8 symmetric Q/DQ (profile ort-cpu-int8); needs --calib-data"),
+        trt: bool = typer.Option(False, "--trt", help="TensorRT engine (profile trt-fp16, or trt-int8 with --trt-precision int8)"),
+        trt_precision: str = typer.Option("fp16", "--trt-precision", help="precision of the --trt engine: fp16 | int8"),
+        calib_data: Optional[str] = typer.Option(None, "--calib-data", help="dataset name (training split is used) or images.npy; default: the card's dataset"),
+        calib_n: Optional[int] = typer.Option(None, "--calib-n", help="number of calibration images (profile default 512)"),
+        calib_method: Optional[str] = typer.Option(None, "--calib-method", help="minmax | entropy | percentile"),
+        data_dir: Optional[str] = typer.Option(None, "--data-dir", help="dataset root / file"),
+        check_n: int = typer.Option(1000, "--check-n", help="validation images for the parity check"),
+        val_fraction: float = typer.Option(0.1, "--val-fraction", help="validation slice of TRAIN used for parity"),
+        seed: int = typer.Option(0, "--seed", help="seed of the validation / calibration split"),
+        opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (profile default 18)"),
+        out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: beside --model)"),
+        force: bool = typer.Option(False, "--force", help="overwrite existing artifacts"),
+        slim: bool = typer.Option(False, "--slim", help="simplify the fp32 graph with onnxslim first"),
+        json_out: bool = typer.Option(False, "--json", help="machine-readable result"),
+    ) -> None:
+        """Export a model to ONNX fp32/fp16/INT8 and TensorRT, checking parity vs the fp32 torch model."""
+        from ..export.pipeline import export_artifacts
+
+        if check_n < 1:
+            raise UserError(f"--check-n must be >= 1, got {check_n}")
+        if calib_n is not None and calib_n < 1:
+            raise UserError(f"--calib-n must be >= 1, got {calib_n}")
+        profiles = resolve_profiles(profile, fp32, fp16, int8, trt, trt_precision, calib_n, calib_method, opset)
+        out_dir = out if out is not None else model.parent
+        log = (lambda s: None) if json_out else (lambda s: err_console.print(escape(s), soft_wrap=True))
+        result = export_artifacts(model, profiles, out_dir, calib_data=calib_data, data_dir=data_dir,
+                                  check_n=check_n, val_fraction=val_fraction, seed=seed, force=force,
+                                  slim=slim or any(p.slim for p in profiles), device=device(), log=log)
+        if json_out:
+            emit_json(result)
+        else:
+            console.print(_table(result))
+            for a in result["artifacts"]:
+                console.print(f"  {escape(a['path'])}  (card {escape(Path(a['card']).name)})", soft_wrap=True)
+        if not result["passed"]:
+            raise GateFailure("; ".join(result["failures"]))

@@ -1,0 +1,118 @@
+"""``infoard-deploy verify``: re-verify adversarial robustness on the deployed artifacts, gate CI on it.
+
+Exit codes: 0 every artifact passed its gates; 1 a gate failed (the report, written first, says which);
+2 bad usage (missing file, bad value, unknown attack). See :mod:`infoard_deploy.verify`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import typer
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import GateFailure, UserError
+from ._common import console, device, emit_json, err_console, floats, parse_eps
+
+
+def _names(text: str, flag: str) -> List[str]:
+    names = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not names and text.strip() not in ("", "none"):
+        raise UserError(f"{flag} needs comma-separated names")
+    return names
+
+
+def _render(rep: Dict) -> None:
+    c = rep["config"]
+    t = Table(title=f"robustness on the deployed runtime (eps={c['eps']:.4g}, n={c['n']}); accuracies in %, "
+                    "flips = robust on torch & broken on artifact / the reverse; sq = broken only by Square",
+              title_justify="left", box=box.SIMPLE)
+    for h in ("model", "prec", "clean", "robust", "drop", "flips", "agree", "sq"):
+        if h == "model":
+            t.add_column(h, no_wrap=True, overflow="fold")
+        else:
+            t.add_column(h, justify="left" if h == "prec" else "right", no_wrap=True)
+    for m in [rep["reference"], *rep["artifacts"]]:
+        art = m["role"] == "artifact"
+        agree = min((s["top1_agreement"] for s in m.get("parity", {}).values()), default=None)
+        t.add_row(escape(m["name"]), m["precision"], f"{m['clean_acc']:.2f}", f"{m['robust_acc']:.2f}",
+                  f"{m['robust_drop']:+.2f}" if art else "-",
+                  f"{m['flips']['robust_to_broken']['count']}/{m['flips']['broken_to_robust']['count']}" if art else "-",
+                  f"{agree:.2f}" if agree is not None else "-", str(m["query_extra"]["count"]))
+    console.print(t)
+    for c in rep["checks"]:
+        if c["status"] == "warn":
+            console.print(f"[yellow]check {c['name']} ({escape(c['target'])}):[/yellow] {escape(c['message'])}")
+    for g in rep["gates"]:
+        if not g["passed"]:
+            console.print(f"[red]gate {g['gate']} failed for {escape(g['artifact'])}:[/red] {escape(g['message'])}")
+    console.print(f"report: {escape(rep['files']['markdown'])} , {escape(rep['files']['html'])}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("verify")
+    def verify_cmd(
+        artifact: List[str] = typer.Option(..., "--artifact", help="deployed artifact (.onnx / .engine); repeatable"),
+        reference: str = typer.Option(..., "--reference", help="the torch model the artifacts were exported from"),
+        data: str = typer.Option(..., "--data", help="dataset name (see `infoard-deploy list datasets`)"),
+        data_dir: Optional[str] = typer.Option(None, "--data-dir", help="dataset folder"),
+        eps: Optional[str] = typer.Option(None, "--eps", help="L-inf radius in [0,1] pixels, e.g. 8/255 "
+                                                              "(default: the reference card's, else the dataset's)"),
+        n: int = typer.Option(1000, "--n", help="number of test examples (the first n)"),
+        attacks: str = typer.Option("pgd20,cw,apgd-ce,apgd-t", "--attacks",
+                                    help="white-box attacks crafted on the reference and replayed on every artifact"),
+        square_queries: int = typer.Option(1000, "--square-queries",
+                                           help="Square query budget per sample against each model (0: off)"),
+        max_robust_drop: float = typer.Option(2.0, "--max-robust-drop", help="gate: allowed robust-accuracy drop, points"),
+        max_flip_rate: Optional[float] = typer.Option(None, "--max-flip-rate",
+                                                      help="gate: max % of n robust on torch but broken on an artifact"),
+        min_top1_agreement: Optional[float] = typer.Option(None, "--min-top1-agreement",
+                                                           help="gate: min top-1 agreement % on every input set"),
+        max_logit_delta: Optional[float] = typer.Option(None, "--max-logit-delta",
+                                                        help="gate: max |logit difference| on every input set"),
+        eps_sweep: str = typer.Option("0.5,1,1.5", "--eps-sweep",
+                                      help="multiples of eps for the robust-accuracy-vs-eps plot ('none': off)"),
+        masking_threshold: float = typer.Option(1.0, "--masking-threshold",
+                                                help="% of n broken only by Square that fires the masking checks"),
+        out: Path = typer.Option(Path("verify_report"), "--out", help="report folder"),
+        force: bool = typer.Option(False, "--force", help="overwrite an existing report"),
+        json_out: bool = typer.Option(False, "--json", help="print the report as JSON"),
+        seed: int = typer.Option(0, "--seed", help="attack seed"),
+        batch_size: int = typer.Option(256, "--batch-size", help="samples per batch (bounds memory)"),
+        threads: int = typer.Option(0, "--threads", help="CPU threads for torch and ONNX Runtime (0: default); "
+                                                         "1 is fastest for small models on a busy machine"),
+    ) -> None:
+        """Parity + transfer + query robustness of deployed artifacts vs the torch reference; exit 1 on a failed gate."""
+        from ..verify import GateConfig, run_verification
+
+        gates = GateConfig(max_robust_drop=max_robust_drop, max_flip_rate=max_flip_rate,
+                           min_top1_agreement=min_top1_agreement, max_logit_delta=max_logit_delta)
+        sweep = [] if eps_sweep.strip().lower() in ("", "none", "off") else floats(eps_sweep, "--eps-sweep")
+        eps_v = parse_eps(eps) if eps is not None else None
+        attack_names = [] if attacks.strip().lower() in ("", "none") else _names(attacks, "--attacks")
+        if threads < 0:
+            raise UserError(f"--threads must be >= 0, got {threads}")
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        progress = None
+        if not json_out:
+            def progress(done: int, running: Dict[str, float]) -> None:
+                err_console.print(f"[dim]{done} samples: robust "
+                                  + ", ".join(f"{escape(k)} {v:.1f}%" for k, v in running.items()) + "[/dim]",
+                                  soft_wrap=True)
+
+        rep = run_verification(reference, artifact, data, data_dir=data_dir, eps=eps_v, n=n, attacks=attack_names,
+                               square_queries=square_queries, eps_sweep=sweep, gates=gates, batch_size=batch_size,
+                               seed=seed, device=device(), out=out, force=force,
+                               masking_threshold=masking_threshold, progress=progress, raise_on_gate=False,
+                               threads=threads)
+        if json_out:
+            emit_json({k: v for k, v in rep.items() if k != "samples"})
+        else:
+            _render(rep)
+        if not rep["passed"]:
+            raise GateFailure(f"{rep['summary']} (report: {rep['files']['markdown']})")

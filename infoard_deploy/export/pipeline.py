@@ -1,0 +1,234 @@
+"""``export_artifacts``: every file the requested profiles name, each checked right after it is made.
+
+Order: fp32 ONNX (the base of everything; kept in a temporary folder when not requested) -> fp16
+ONNX -> INT8 Q/DQ ONNX -> TensorRT engines. After each artifact: parity vs the fp32 torch model on
+validation images (ONNX files on ONNX Runtime CPU, engines on TensorRT itself), then a model card
+beside it with precision, calibration, parity figures, source checkpoint sha256, opset, I/O names
+and batch range. A failed gate does not stop the run; the result lists every failure and the CLI
+exits 1. Nothing is overwritten without ``force``; an output folder holding another model's
+artifacts is named as such.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ..card import ModelCard, card_path_for, load_card, provenance
+from ..errors import UserError
+from ..utils import atomic_path, sha256_file
+from .checks import compare_logits, gate
+from .data import load_export_images
+from .onnx import check_onnx_file, export_onnx, io_info, slim_file, verify_file
+from .profiles import DEFAULT_TOLERANCES, Profile
+from .quantize import qdq_summary, quantize_int8, to_fp16
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Artifact:
+    kind: str  # onnx | engine
+    precision: str
+    path: Path
+    profiles: List[Profile] = field(default_factory=list)
+    requested: bool = True  # False: an intermediate kept in the temporary folder
+
+
+def _int8_key(p: Profile):
+    return (p.calib_method, p.calib_n, p.per_channel, p.percentile)
+
+
+def plan(stem: str, profiles: List[Profile], out_dir: Path) -> List[Artifact]:
+    """ONNX files per precision (shared by profiles that agree), one engine per TensorRT profile."""
+    if not profiles:
+        raise UserError("nothing to export: give --profile NAME or one of --fp32/--fp16/--int8/--trt")
+    opsets = {p.opset for p in profiles}
+    if len(opsets) > 1:
+        raise UserError(f"the profiles ask for different opsets ({', '.join(map(str, sorted(opsets)))}); "
+                        f"export them in separate runs")
+    onnx_by_prec: Dict[str, Artifact] = {}
+    engines: List[Artifact] = []
+    for p in profiles:
+        for prec in p.precisions:
+            a = onnx_by_prec.setdefault(prec, Artifact("onnx", prec, out_dir / f"{stem}.{prec}.onnx"))
+            if prec == "int8" and a.profiles and _int8_key(a.profiles[0]) != _int8_key(p):
+                raise UserError(f"profiles {a.profiles[0].name} and {p.name} ask for different INT8 calibration "
+                                f"settings; align them with --calib-method/--calib-n or export separately")
+            a.profiles.append(p)
+            if p.runtime == "tensorrt":
+                engines.append(Artifact("engine", prec, out_dir / f"{stem}.{p.name}.engine", [p]))
+    if "fp32" not in onnx_by_prec:
+        onnx_by_prec["fp32"] = Artifact("onnx", "fp32", Path("fp32.onnx"), [], requested=False)
+    names = [e.path.name for e in engines]
+    if len(set(names)) != len(names):
+        raise UserError("a TensorRT profile is listed twice")
+    order = [onnx_by_prec[p] for p in ("fp32", "fp16", "int8") if p in onnx_by_prec]
+    return order + engines
+
+
+def check_outputs(arts: List[Artifact], source_sha: str, force: bool) -> None:
+    """Refuse to overwrite any existing artifact or card without ``force``; name foreign artifacts."""
+    if force:
+        return
+    for a in (a for a in arts if a.requested):
+        for f in (a.path, card_path_for(a.path)):
+            if not f.exists():
+                continue
+            other = None
+            try:
+                c = load_card(f if f.name.endswith(".card.json") else a.path, required=False)
+                other = (c.provenance or {}).get("source_sha256") if c else None
+            except UserError:
+                pass
+            if other and other != source_sha:
+                raise UserError(f"{f.parent} holds {f.name} exported from another model (source sha256 "
+                                f"{other[:12]}... vs {source_sha[:12]}...); use --force to overwrite or another --out")
+            raise UserError(f"{f} already exists; use --force to overwrite it or choose another --out")
+
+
+def _reference_model(model_path: Path):
+    from ..checkpoint import load_model
+
+    try:
+        card = load_card(model_path, required=True)
+    except UserError as e:
+        if "no model card" in str(e):
+            raise UserError(f"export needs the model card beside {model_path.name} ({card_path_for(model_path).name}: "
+                            f"architecture, input shape, mean/std); distill / train-teacher write it") from None
+        raise
+    model, card = load_model(model_path, card=card)
+    return model.cpu().eval(), card
+
+
+def _logits(fn, x: np.ndarray, bs: int = 256) -> np.ndarray:
+    return np.concatenate([fn(x[i:i + bs]) for i in range(0, len(x), bs)]) if len(x) else np.zeros((0, 0))
+
+
+def export_artifacts(model_path: str | Path, profiles: List[Profile], out_dir: str | Path, *,
+                     calib_data: Optional[str] = None, data_dir: Optional[str] = None, check_n: int = 1000,
+                     val_fraction: float = 0.1, seed: int = 0, force: bool = False, slim: bool = False,
+                     device: Optional[torch.device] = None, log: Log = lambda s: None) -> Dict[str, Any]:
+    """Produce and check every artifact of ``profiles``; returns the result (see the CLI's ``--json``)."""
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise UserError(f"model file not found: {model_path}")
+    out_dir = Path(out_dir)
+    is_onnx = model_path.suffix.lower() == ".onnx"
+    if is_onnx:
+        check_onnx_file(model_path)  # custom-domain / malformed graphs fail before anything else
+    model, card = _reference_model(model_path)
+    sha = sha256_file(model_path)
+    stem = model_path.stem
+    arts = plan(stem, profiles, out_dir)
+    check_outputs(arts, sha, force)
+    if any(a.kind == "engine" for a in arts):
+        from .tensorrt import import_tensorrt
+
+        import_tensorrt()  # fail fast, before writing anything, when TensorRT or the GPU is missing
+    want_int8 = any(a.precision == "int8" for a in arts)
+    int8_prof = next((p for a in arts if a.precision == "int8" for p in a.profiles), None)
+    imgs = load_export_images(calib_data, card.dataset, data_dir, card.input_shape,
+                              int8_prof.calib_n if int8_prof else 0, check_n, val_fraction, seed, want_int8)
+    with torch.no_grad():
+        ref = _logits(lambda v: model(torch.from_numpy(v)).numpy(), imgs.check_x)
+    log(f"reference: {card.architecture} on {len(imgs.check_x)} images ({imgs.info.get('check_split')})")
+    results: List[Dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="infoard-export-") as td:
+        built: Dict[str, Path] = {}
+        for a in arts:
+            if not a.requested:
+                a.path = Path(td) / f"{stem}.fp32.onnx"
+            results.append(_make_one(a, model, card, model_path, sha, is_onnx, imgs, ref, built, slim, device, log))
+    out = [r for r in results if not r.get("intermediate")]
+    failures = [f"{Path(r['path']).name}: {f}" for r in results for f in r["failures"]]
+    return {"model": str(model_path), "source_sha256": sha, "out_dir": str(out_dir),
+            "profiles": [p.name for p in profiles], "data": imgs.info, "artifacts": out,
+            "passed": not failures, "failures": failures}
+
+
+def _make_one(a: Artifact, model, card: ModelCard, model_path: Path, sha: str, is_onnx: bool, imgs, ref,
+              built: Dict[str, Path], slim: bool, device, log: Log) -> Dict[str, Any]:
+    prof0 = a.profiles[0] if a.profiles else None
+    extra: Dict[str, Any] = {}
+    if a.kind == "onnx":
+        opset = prof0.opset if prof0 else 18
+        if a.precision == "fp32":
+            if is_onnx:
+                with atomic_path(a.path, suffix=".onnx") as tmp:
+                    if slim:
+                        slim_file(model_path, tmp)
+                    else:
+                        shutil.copyfile(model_path, tmp)
+                    verify_file(tmp, name=a.path.name)
+            else:
+                export_onnx(model, a.path, card.input_shape, opset=opset, slim=slim)
+        elif a.precision == "fp16":
+            to_fp16(built["fp32"], a.path)
+        else:
+            quantize_int8(built["fp32"], a.path, imgs.calib, prof0.calib_method, prof0.per_channel, prof0.percentile)
+            extra["calibration"] = {"method": prof0.calib_method, "n": int(len(imgs.calib)),
+                                    "per_channel": prof0.per_channel, "source": imgs.info.get("calib_source"),
+                                    "split": imgs.info.get("calib_split", "user file"),
+                                    "activations": "int8 symmetric", "weights": "int8 symmetric"}
+            extra["qdq"] = qdq_summary(a.path)
+        built[a.precision] = a.path
+        from ..runtimes.onnxrt import OrtRuntime
+
+        with OrtRuntime(str(a.path), providers=["CPUExecutionProvider"], precision=a.precision) as rt:
+            out = _logits(rt.predict, imgs.check_x)
+        runtime = "onnxruntime[cpu]"
+        io = io_info(a.path)
+        extra.update({"opset": io["opset"], "input_names": io["input_names"], "output_names": io["output_names"],
+                      "dynamic_batch": {"dynamic": io["dynamic_batch"], "smoke_tested": [1, 64] if io["dynamic_batch"] else [1]}})
+    else:
+        from ..runtimes.tensorrt_rt import TrtRuntime
+        from .tensorrt import build_engine
+
+        p = prof0
+        log(f"building TensorRT engine {a.path.name} (batch {p.batch_min}/{p.batch_opt}/{p.batch_max}, "
+            f"workspace {p.workspace_mb} MB)")
+        facts = build_engine(built[a.precision], a.path, card.input_shape, p.batch, p.workspace_mb, a.precision)
+        dev = device if device is not None and device.type == "cuda" else torch.device("cuda")
+        with TrtRuntime(str(a.path), precision=a.precision, device=dev) as rt:
+            out = _logits(rt.predict, imgs.check_x)
+        runtime = "tensorrt"
+        extra.update({"tensorrt": facts, "input_names": [facts["input_name"]],
+                      "dynamic_batch": facts["batch"], "source_onnx": facts["source_onnx"]})
+    parity = compare_logits(ref, out, imgs.check_y)
+    fails: List[str] = []
+    tols = {}
+    for name, t in ([(p.name, p.tolerance(a.precision)) for p in a.profiles]
+                    or [("default", DEFAULT_TOLERANCES[a.precision])]):
+        tols[name] = t.to_dict()
+        fails += [f for f in gate(parity, t) if f not in fails]
+    if a.profiles:
+        extra["batch_range"] = {"min": prof0.batch_min, "opt": prof0.batch_opt, "max": prof0.batch_max}
+    if not a.requested:  # the temporary fp32 base of fp16/int8: gated, but no file or card is kept
+        log(f"fp32 base graph: max|d| {parity['max_abs']:.3g} -> {'ok' if not fails else 'FAILED'}")
+        return {"path": a.path.name, "intermediate": True, "precision": a.precision, "parity": parity,
+                "passed": not fails, "failures": fails}
+    c = ModelCard(**{**{k: getattr(card, k) for k in ("architecture", "num_classes", "input_shape", "mean", "std",
+                                                      "classes", "eps", "dataset")},
+                     "kind": a.kind, "precision": a.precision,
+                     "provenance": provenance(source=str(model_path), source_sha256=sha, source_kind=card.kind,
+                                              command="export", profiles=[p.name for p in a.profiles],
+                                              artifact_sha256=sha256_file(a.path)),
+                     "metrics": {"parity": parity, "gate": {"passed": not fails, "failures": fails, "tolerances": tols},
+                                 "check_data": imgs.info.get("check_split")},
+                     "extra": extra})
+    c.save(card_path_for(a.path))
+    acc = f", acc {parity['accuracy']:.4f} (ref {parity['reference_accuracy']:.4f})" if "accuracy" in parity else ""
+    log(f"{a.path.name}: max|d| {parity['max_abs']:.3g}, top-1 agree {parity['top1_agreement']:.4f}{acc} -> "
+        f"{'ok' if not fails else 'FAILED: ' + '; '.join(fails)}")
+    return {"path": str(a.path), "card": str(card_path_for(a.path)), "kind": a.kind, "precision": a.precision,
+            "runtime": runtime, "profiles": [p.name for p in a.profiles], "parity": parity,
+            "passed": not fails, "failures": fails, "tolerances": tols}
+
+
+__all__ = ["export_artifacts", "plan", "check_outputs", "Artifact"]

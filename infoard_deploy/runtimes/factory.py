@@ -1,0 +1,107 @@
+"""Open the right :class:`Runtime` for a model object or an artifact path (Polygraphy-style runner choice).
+
+``open_runtime(path_or_model, device="cpu", *, precision=None, max_batch=256, providers=None, threads=0)``
+(``threads``: ONNX Runtime intra-op threads, 0 = its default):
+
+* an ``nn.Module``                  -> :class:`TorchRuntime` (differentiable reference)
+* ``.onnx``                         -> :class:`OrtRuntime` (CUDA EP + IOBinding when ``device`` is CUDA
+  and onnxruntime-gpu is installed, else CPU)
+* ``.engine`` / ``.plan`` / ``.trt`` -> ``infoard_deploy.runtimes.tensorrt_rt.TrtRuntime``, imported lazily
+  so that everything else works without TensorRT
+* ``.pt`` / ``.pth`` / ``.safetensors`` / TorchScript -> :func:`checkpoint.load_model` + :class:`TorchRuntime`
+
+The runtime is returned *unopened*; use it as a context manager. ``precision`` defaults to the model
+card's (``x.card.json`` beside the file) or, for ONNX, is read off the graph (:func:`onnx_precision`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Union
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..utils import require_file
+from .base import Runtime
+from .onnxrt import OrtRuntime
+from .torch_rt import TorchRuntime
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+TORCH_SUFFIXES = (".pt", ".pth", ".safetensors", ".ts", ".jit", ".bin", ".ckpt")
+
+_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+              "DynamicQuantizeLinear"}
+
+
+def onnx_precision(path: Union[str, Path]) -> str:
+    """``int8`` when the graph holds Q/DQ or integer ops, ``fp16`` when it holds float16 weights, else ``fp32``."""
+    import onnx
+
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise UserError(f"{Path(path).name} is not a readable ONNX model: {str(e).splitlines()[0]}") from None
+    if any(n.op_type in _QUANT_OPS for n in m.graph.node):
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in m.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+def _card_precision(path: Path) -> Optional[str]:
+    from ..card import load_card
+
+    try:
+        card = load_card(path, required=False)
+    except UserError:
+        return None
+    return card.precision if card is not None and card.kind != "checkpoint" else None
+
+
+def runtime_kind(path: Union[str, Path]) -> str:
+    """``onnxruntime`` | ``tensorrt`` | ``torch`` from a file suffix; unknown suffixes are a UserError."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".onnx":
+        return "onnxruntime"
+    if suffix in ENGINE_SUFFIXES:
+        return "tensorrt"
+    if suffix in TORCH_SUFFIXES:
+        return "torch"
+    raise UserError(f"cannot tell which runtime runs '{Path(path).name}' (use .onnx, .engine/.plan, "
+                    f".pt/.pth/.safetensors or TorchScript)")
+
+
+def open_runtime(path_or_model: Union[str, Path, nn.Module], device: Union[str, torch.device] = "cpu", *,
+                 precision: Optional[str] = None, max_batch: int = 256,
+                 providers: Optional[List[str]] = None, threads: int = 0) -> Runtime:
+    """Build (not open) the runtime for ``path_or_model``; see the module docstring for the dispatch."""
+    dev = torch.device(device)
+    if isinstance(path_or_model, nn.Module):
+        return TorchRuntime(path_or_model, dev, max_batch=max_batch)
+    path = require_file(path_or_model, "artifact")
+    kind = runtime_kind(path)
+    if kind == "onnxruntime":
+        prec = precision or _card_precision(path) or onnx_precision(path)
+        return OrtRuntime(str(path), providers=providers, precision=prec, max_batch=max_batch, device=dev,
+                          threads=threads)
+    if kind == "tensorrt":
+        if dev.type != "cuda":
+            raise UserError(f"{path.name} is a TensorRT engine: it needs a CUDA device (--device cuda)")
+        try:
+            from .tensorrt_rt import TrtRuntime
+        except ImportError as e:
+            missing = getattr(e, "name", None) or str(e)
+            raise UserError(f"running {path.name} needs TensorRT ({missing} missing): "
+                            f"pip install infoard-deploy[trt]") from None
+        prec = precision or _card_precision(path) or "unknown"
+        return TrtRuntime(str(path), precision=prec, max_batch=max_batch, device=dev)
+    from ..checkpoint import load_model
+
+    model, card = load_model(path)
+    rt = TorchRuntime(model, dev, max_batch=max_batch, path=str(path))
+    rt.precision = precision or card.precision or "fp32"
+    return rt
+
+
+__all__ = ["open_runtime", "onnx_precision", "runtime_kind", "ENGINE_SUFFIXES"]

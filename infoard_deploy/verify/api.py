@@ -1,0 +1,170 @@
+"""One call from files to a written report: ``run_verification(...)`` (what ``infoard-deploy verify`` runs).
+
+Every input is validated before any attack runs (one-line :class:`UserError` on bad usage): the
+reference loads, the data matches its input shape and class count, every artifact opens and returns
+(N, K) logits for the reference's input shape, attack names exist in the suite and are white-box,
+the output folder holds no earlier report unless ``force``. Then :func:`verify_robustness` streams the
+first ``n`` test examples in batches, checks and gates are evaluated, the report is written, and a
+failed gate raises :class:`GateFailure` (after the report is on disk).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import GateFailure, UserError
+from ..utils import require_file
+from .checks import run_checks
+from .gate import GateConfig, evaluate_gates, summary_line
+from .report import build_report, check_out_dir, write_report
+from .robust import AttackFactory, VerifyConfig, VerifyResult, verify_robustness
+
+# Not usable as transfer attacks here: 'square' runs on every artifact itself (--square-queries);
+# 'aa' already contains Square; 'clean' is always measured.
+_NOT_TRANSFER = {"clean": "clean accuracy is always measured",
+                 "square": "Square runs against every artifact itself; set its budget with --square-queries",
+                 "aa": "use its white-box components (apgd-ce,apgd-t,fab-t); Square runs on every artifact"}
+
+
+def check_attacks(names: Sequence[str]) -> Tuple[str, ...]:
+    """Validate transfer-attack names against the suite's registry (unknown -> 'did you mean')."""
+    from ..attacks import ATTACKS
+
+    out = []
+    for n in names:
+        key = str(n).strip().lower()
+        ATTACKS.get(key)  # unknown name -> UserError with suggestions
+        if key in _NOT_TRANSFER:
+            raise UserError(f"--attacks: '{key}' cannot be a transfer attack: {_NOT_TRANSFER[key]}")
+        if key not in out:
+            out.append(key)
+    return tuple(out)
+
+
+def check_sweep(eps: float, sweep: Sequence[float]) -> Tuple[float, ...]:
+    for m in sweep:
+        if not m > 0:
+            raise UserError(f"--eps-sweep multiples must be positive, got {m:g}")
+        if eps * m > 1.0:
+            raise UserError(f"--eps-sweep {m:g} x eps {eps:.4g} exceeds 1 (pixels lie in [0,1])")
+    return tuple(sorted(set(float(m) for m in sweep)))
+
+
+def open_artifacts(paths: Sequence[Union[str, Path]], device: torch.device, input_shape: Sequence[int],
+                   num_classes: int, batch_size: int, threads: int = 0) -> List[Tuple[str, Any]]:
+    """Open every artifact and probe it with a (2, C, H, W) batch; mismatches are UserErrors."""
+    from ..runtimes.factory import open_runtime
+
+    out: List[Tuple[str, Any]] = []
+    seen: Dict[str, int] = {}
+    try:
+        for p in paths:
+            path = require_file(p, "artifact")
+            rt = open_runtime(path, device, max_batch=batch_size, threads=threads)
+            out.append((path.name, rt))
+            rt.open()
+            probe = np.random.default_rng(0).random((2, *input_shape), dtype=np.float32)
+            try:
+                y = rt.predict(probe)
+            except UserError:
+                raise
+            except Exception as e:
+                raise UserError(f"{path.name} does not accept inputs of shape {tuple(probe.shape)} "
+                                f"(the reference's): {str(e).splitlines()[0][:200]}") from None
+            if y.ndim != 2 or y.shape != (2, num_classes):
+                raise UserError(f"{path.name} returns {tuple(y.shape)} for 2 inputs; "
+                                f"the reference has {num_classes} classes")
+            seen[path.name] = seen.get(path.name, 0) + 1
+            if seen[path.name] > 1:
+                out[-1] = (f"{path.name}#{seen[path.name]}", rt)
+    except BaseException:
+        for _, rt in out:
+            rt.close()
+        raise
+    return out
+
+
+def run_verification(reference: Union[str, Path], artifacts: Sequence[Union[str, Path]], data: str, *,
+                     data_dir: Optional[str] = None, eps: Optional[float] = None, n: int = 1000,
+                     attacks: Sequence[str] = ("pgd20", "cw", "apgd-ce", "apgd-t"), square_queries: int = 1000,
+                     eps_sweep: Sequence[float] = (0.5, 1.0, 1.5), gates: GateConfig = GateConfig(),
+                     batch_size: int = 256, seed: int = 0, device: Union[str, torch.device] = "cpu",
+                     out: Union[str, Path] = "verify_report", force: bool = False, masking_threshold: float = 1.0,
+                     attack_factory: Optional[AttackFactory] = None, reference_model: Optional[nn.Module] = None,
+                     progress: Optional[Callable[[int, Dict[str, float]], None]] = None,
+                     raise_on_gate: bool = True, threads: int = 0) -> Dict[str, Any]:
+    """Verify ``artifacts`` against ``reference``; returns the report dict (also written to ``out``).
+
+    ``reference_model`` replaces loading ``reference`` (library use: any differentiable module taking
+    [0,1] inputs); its card is still read from ``reference``. With ``raise_on_gate`` a failed gate raises
+    :class:`GateFailure` after the report is written; otherwise check ``report["passed"]``.
+    """
+    from ..checkpoint import load_model
+    from ..data import BatchLoader, load_data
+
+    if not artifacts:
+        raise UserError("give at least one --artifact to verify")
+    if n <= 0:
+        raise UserError(f"--n must be positive, got {n}")
+    if batch_size <= 0:
+        raise UserError(f"--batch-size must be positive, got {batch_size}")
+    if square_queries < 0:
+        raise UserError(f"--square-queries must be >= 0 (0 disables the query attack), got {square_queries}")
+    if not masking_threshold >= 0:
+        raise UserError(f"--masking-threshold must be >= 0 percent, got {masking_threshold}")
+    dev = torch.device(device)
+    out = Path(out)
+    check_out_dir(out, force)
+    attacks = check_attacks(attacks) if attack_factory is None else tuple(a.strip().lower() for a in attacks)
+    for a in artifacts:
+        require_file(a, "artifact")
+    if reference_model is None:
+        model, card = load_model(reference)
+    else:
+        from ..card import load_card
+
+        model, card = reference_model, load_card(reference, required=True)
+    bundle = load_data(data, root=data_dir)
+    if list(bundle.input_shape) != list(card.input_shape):
+        raise UserError(f"data '{data}' has inputs {tuple(bundle.input_shape)} but the reference takes "
+                        f"{tuple(card.input_shape)}")
+    if bundle.num_classes != card.num_classes:
+        raise UserError(f"data '{data}' has {bundle.num_classes} classes but the reference has {card.num_classes}")
+    eps = eps if eps is not None else (card.eps or bundle.default_eps)
+    if eps is None:
+        raise UserError("no --eps given and none in the reference's card or the dataset's defaults")
+    if not 0 < eps <= 1:
+        raise UserError(f"--eps must lie in (0, 1], got {eps}")
+    sweep = check_sweep(eps, eps_sweep)
+    cfg = VerifyConfig(eps=float(eps), attacks=attacks, square_queries=int(square_queries), eps_sweep=sweep,
+                       seed=int(seed))
+    n_used = min(int(n), len(bundle.test))
+    loader = BatchLoader(bundle.test, np.arange(n_used), batch_size=batch_size, shuffle=False)
+    if threads < 0:
+        raise UserError(f"--threads must be >= 0 (0: the runtimes' default), got {threads}")
+    arts = open_artifacts(artifacts, dev, card.input_shape, card.num_classes, batch_size, threads)
+    try:
+        res: VerifyResult = verify_robustness(model, arts, loader, cfg, num_classes=card.num_classes, device=dev,
+                                              attack_factory=attack_factory, reference_name="torch",
+                                              reference_path=str(reference), progress=progress)
+    finally:
+        for _, rt in arts:
+            rt.close()
+    checks = run_checks(res, masking_threshold=masking_threshold)
+    gate_results = evaluate_gates(res, gates)
+    meta = {"data": data, "split": "test", "n_requested": int(n), "reference": str(reference),
+            "device": str(dev), "batch_size": int(batch_size), "masking_threshold": masking_threshold,
+            "gates": {"max_robust_drop": gates.max_robust_drop, "max_flip_rate": gates.max_flip_rate,
+                      "min_top1_agreement": gates.min_top1_agreement, "max_logit_delta": gates.max_logit_delta}}
+    rep = build_report(res, checks, gate_results, meta)
+    rep["files"] = {k: str(v) for k, v in write_report(rep, out).items()}
+    if raise_on_gate and not rep["passed"]:
+        raise GateFailure(f"{summary_line(gate_results)} (report: {out / 'report.md'})")
+    return rep
+
+
+__all__ = ["run_verification", "check_attacks", "check_sweep", "open_artifacts"]

@@ -1,0 +1,183 @@
+"""Units of the verification package: parity statistics, runtime dispatch, the query wrapper, the
+cascade's flip bookkeeping, checks and gates (fast: tiny models, no training beyond a second)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from infoard_deploy.errors import UserError
+from infoard_deploy.runtimes.onnxrt import OrtRuntime
+from infoard_deploy.runtimes.torch_rt import TorchRuntime
+from infoard_deploy.verify import (GateConfig, ParityStats, RuntimeModule, VerifyConfig, evaluate_gates, run_checks,
+                                   verify_robustness)
+from infoard_deploy.verify.robust import ROBUST, ModelResult, VerifyResult
+
+from verify_helpers import EPS, train_student
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from infoard_deploy.data import load_data
+
+    return load_data("digits")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared 2-core machine
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def plain(digits, _one_thread):
+    return train_student(digits, epochs=3, adversarial=False)
+
+
+@pytest.fixture(scope="module")
+def onnx_files(plain, tmp_path_factory):
+    import onnx
+    from onnxconverter_common import float16
+
+    from infoard_deploy.export.onnx import export_onnx
+    from infoard_deploy.export.quantize import quantize_int8
+
+    d = tmp_path_factory.mktemp("units")
+    export_onnx(plain, d / "m.onnx", (1, 8, 8))
+    calib = np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32)
+    quantize_int8(d / "m.onnx", d / "m.int8.onnx", calib)
+    # fp16 *with* fp16 inputs (no keep_io_types): the runtime must cast float32 [0,1] inputs itself
+    half = float16.convert_float_to_float16(onnx.load(str(d / "m.onnx")), keep_io_types=False)
+    onnx.save(half, str(d / "m.fp16io.onnx"))
+    return d
+
+
+def _batch(digits, n=32):
+    from infoard_deploy.data import to_tensor
+
+    x, y = digits.test.get(np.arange(n))
+    return to_tensor(x), torch.from_numpy(y)
+
+
+def test_parity_stats_known_values():
+    s = ParityStats()
+    ref = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]])
+    art = torch.tensor([[1.5, 0.0], [1.0, 0.5], [2.0, 0.25]])
+    s.update(ref, art)
+    assert s.n == 3 and s.agree == 2 and s.top1_agreement == pytest.approx(200 / 3)
+    assert s.max_abs == pytest.approx(1.0) and s.mean_abs == pytest.approx((0.5 + 1.0 + 0.5 + 0.25) / 6)
+    s.update(ref[:1], torch.tensor([[float("nan"), 0.0]]))
+    assert s.nonfinite == 1 and s.max_abs == float("inf")
+
+
+def test_open_runtime_dispatch_and_precision(plain, onnx_files, tmp_path):
+    from infoard_deploy.runtimes.factory import onnx_precision, open_runtime
+
+    assert isinstance(open_runtime(plain), TorchRuntime)
+    assert onnx_precision(onnx_files / "m.onnx") == "fp32"
+    assert onnx_precision(onnx_files / "m.int8.onnx") == "int8"
+    assert onnx_precision(onnx_files / "m.fp16io.onnx") == "fp16"
+    rt = open_runtime(onnx_files / "m.int8.onnx", "cpu")
+    assert isinstance(rt, OrtRuntime) and rt.precision == "int8"
+    (tmp_path / "m.engine").write_bytes(b"\0")
+    with pytest.raises(UserError, match="CUDA"):
+        open_runtime(tmp_path / "m.engine", "cpu")
+    (tmp_path / "m.tflite").write_bytes(b"\0")
+    with pytest.raises(UserError, match="cannot tell which runtime"):
+        open_runtime(tmp_path / "m.tflite")
+    with pytest.raises(UserError, match="not found"):
+        open_runtime(tmp_path / "nope.onnx")
+
+
+def test_fp16_io_graph_takes_float32_inputs(plain, onnx_files, digits):
+    x, _ = _batch(digits)
+    with torch.no_grad():
+        ref = plain(x).numpy()
+    with OrtRuntime(str(onnx_files / "m.fp16io.onnx"), max_batch=7) as rt:  # chunking: 32 = 4*7 + 4
+        out = rt.predict(x)
+        assert out.dtype == np.float32 and out.shape == (32, 10)
+        assert np.abs(out - ref).max() < 0.05 and (out.argmax(1) == ref.argmax(1)).mean() > 0.9
+        assert torch.equal(rt.predict_tensor(x), torch.from_numpy(out))
+
+
+def test_runtime_module_counts_queries_and_matches_predict(onnx_files, digits):
+    x, _ = _batch(digits)
+    with OrtRuntime(str(onnx_files / "m.onnx")) as rt:
+        mod = RuntimeModule(rt)
+        assert len(list(mod.parameters())) == 1 and not any(p.requires_grad for p in mod.parameters())
+        out = mod(x)
+        assert isinstance(out, torch.Tensor) and np.array_equal(out.numpy(), rt.predict(x))
+        mod(x[:5])
+        assert mod.calls == 2 and mod.queries == 37
+
+
+class ForceClass(nn.Module):
+    """The reference's logits with class ``k`` pushed up by ``bias``: a deterministic 'deployment bug'."""
+
+    def __init__(self, net: nn.Module, k: int = 0, bias: float = 1e4):
+        super().__init__()
+        self.net, self.k, self.bias = net, k, bias
+
+    def forward(self, x):
+        out = self.net(x).clone()
+        out[:, self.k] += self.bias
+        return out
+
+
+def test_cascade_flip_bookkeeping_is_exact(plain, digits):
+    """An artifact that always answers class 0: its flags and the flip counts follow from the reference's."""
+    from infoard_deploy.data import BatchLoader
+
+    cfg = VerifyConfig(eps=EPS, attacks=("pgd20",), square_queries=20, eps_sweep=(0.5, 1.0))
+    loader = BatchLoader(digits.test, np.arange(48), batch_size=16)
+    arts = [("same", TorchRuntime(plain)), ("class0", TorchRuntime(ForceClass(plain)))]
+    res = verify_robustness(plain, arts, loader, cfg, num_classes=10)
+    ref, same, zero = res.reference, res.artifacts[0], res.artifacts[1]
+    y = res.labels
+    assert res.n == 48 and list(res.indices) == list(range(48))
+    assert np.array_equal(same.broken_at, ref.broken_at)  # same model -> same flags, batch by batch
+    assert np.array_equal(zero.robust, y == 0) and np.array_equal(zero.broken_at[y != 0], np.zeros((y != 0).sum()))
+    f = res.flips(zero)
+    assert f["robust_to_broken"]["count"] == int((ref.robust & (y != 0)).sum())
+    assert f["broken_to_robust"]["count"] == int((~ref.robust & (y == 0)).sum())
+    assert f["robust_to_broken"]["rate"] == pytest.approx(100 * f["robust_to_broken"]["count"] / 48)
+    assert same.parity.sets["clean"].top1_agreement == 100.0 and "pgd20" in same.parity.sets
+    x, _ = _batch(digits, 48)
+    with torch.no_grad():
+        ref_says_0 = (plain(x).argmax(1) == 0).float().mean().item()
+    assert zero.parity.sets["clean"].top1_agreement == pytest.approx(100 * ref_says_0)
+    assert (y == 0).any() and zero.queries > 0 and same.queries > 0  # Square queried both runtimes
+    assert set(zero.sweep_correct) == {0.5, 1.0} and zero.sweep_correct[1.0] == int((y == 0).sum())
+    gates = evaluate_gates(res, GateConfig(max_robust_drop=2.0, max_flip_rate=0.0))
+    failed = {(g.artifact, g.gate) for g in gates if not g.passed}
+    assert ("class0", "robust_drop") in failed and ("class0", "flip_rate") in failed
+    assert not any(a == "same" for a, _ in failed)
+
+
+def _fake_result(sweep_ref, square_broken=0, n=100):
+    cfg = VerifyConfig(eps=0.1, attacks=("pgd20",), square_queries=10, eps_sweep=(0.5, 1.0, 1.5))
+    broken = np.full(n, ROBUST, np.int16)
+    broken[:square_broken] = 2  # stage index of 'square'
+    ref = ModelResult("torch", "reference", "torch", "fp32", None, broken,
+                      sweep_correct=dict(zip((0.5, 1.0, 1.5), sweep_ref)))
+    return VerifyResult(cfg, np.arange(n), np.zeros(n, np.int64), ref, [], {})
+
+
+def test_checks_fire_on_masking_signs():
+    checks = {c.name: c for c in run_checks(_fake_result([90, 60, 30], square_broken=0))}
+    assert checks["gradient_masking_suspected"].status == "ok" and checks["eps_sweep_monotone"].status == "ok"
+    checks = {c.name: c for c in run_checks(_fake_result([50, 60, 70], square_broken=5), masking_threshold=2.0)}
+    assert checks["gradient_masking_suspected"].status == "warn" and checks["gradient_masking_suspected"].value == 5.0
+    assert checks["eps_sweep_monotone"].status == "warn"
+    checks = {c.name: c for c in run_checks(_fake_result([90, 60, 30], square_broken=1), masking_threshold=2.0)}
+    assert checks["gradient_masking_suspected"].status == "ok"  # 1% < 2% threshold
+
+
+@pytest.mark.parametrize("kw", [{"max_robust_drop": -0.1}, {"max_flip_rate": 120}, {"min_top1_agreement": -1},
+                                {"max_logit_delta": -1}])
+def test_gate_config_rejects_bad_bounds(kw):
+    with pytest.raises(UserError):
+        GateConfig(**kw)

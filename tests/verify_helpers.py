@@ -1,0 +1,85 @@
+"""Builders for the verification tests: a tiny robust student, faithful and broken deployments.
+
+* :func:`train_student` -- cnn-small on digits, PGD-AT (Madry et al. 2018), eps 0.1, a few seconds.
+* :func:`corrupt_qdq_scale` -- multiply the weight scale of one Q/DQ layer of an INT8 ONNX graph (what a
+  wrong calibration table or a buggy quantiser does to a deployment).
+* :class:`InputQuantizer` -- ``round(x * levels) / levels`` in front of a network: its gradient is zero
+  almost everywhere, the textbook gradient-masking defence (Athalye et al. 2018) that looks robust to
+  white-box attacks and is not.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EPS = 0.1
+
+
+def train_student(bundle, epochs: int, adversarial: bool, seed: int = 0) -> nn.Module:
+    from infoard_deploy.attacks.pgd import pgd_ce
+    from infoard_deploy.data import BatchLoader
+    from infoard_deploy.models import build_model
+
+    torch.manual_seed(seed)
+    m = build_model("cnn-small", 10, 1, 8, bundle.mean, bundle.std)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    for ep in range(epochs):
+        for x, y, _ in BatchLoader(bundle.train, batch_size=64, shuffle=True, seed=seed + ep):
+            if adversarial:
+                m.eval()  # BN in eval mode for the inner maximisation
+                x = pgd_ce(m, x, y, EPS, EPS / 4, 5)
+            m.train()
+            loss = F.cross_entropy(m(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return m.eval()
+
+
+def write_card(path: Path, *, architecture: str, mean, std, precision: str = "fp32", kind: str = "checkpoint") -> None:
+    from infoard_deploy.card import ModelCard, card_path_for
+
+    ModelCard(architecture, 10, [1, 8, 8], list(mean), list(std), classes=[str(i) for i in range(10)], eps=EPS,
+              dataset="digits", kind=kind, precision=precision).save(card_path_for(path))
+
+
+def weight_scale_names(path: Path):
+    """Per-channel weight-scale initializers of the DequantizeLinear nodes feeding each Conv, in layer order."""
+    import onnx
+
+    m = onnx.load(str(path))
+    inits = {i.name: i for i in m.graph.initializer}
+    dq_scale = {n.output[0]: n.input[1] for n in m.graph.node
+                if n.op_type == "DequantizeLinear" and n.input[0] in inits and n.input[1] in inits
+                and len(inits[n.input[1]].dims) == 1}  # per-channel: a weight, not an activation
+    return [dq_scale[n.input[1]] for n in m.graph.node if n.op_type == "Conv" and n.input[1] in dq_scale]
+
+
+def corrupt_qdq_scale(src: Path, dst: Path, layer: int = 1, factor: float = 8.0) -> str:
+    """Copy ``src`` with the weight scale of its ``layer``-th quantised Conv multiplied by ``factor``."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(src))
+    name = weight_scale_names(src)[layer]
+    for init in m.graph.initializer:
+        if init.name == name:
+            arr = numpy_helper.to_array(init).astype(np.float32) * np.float32(factor)
+            init.CopyFrom(numpy_helper.from_array(arr, name))
+    onnx.save(m, str(dst))
+    return name
+
+
+class InputQuantizer(nn.Module):
+    """``net(round(x * levels) / levels)``: zero gradient w.r.t. ``x`` almost everywhere."""
+
+    def __init__(self, net: nn.Module, levels: int = 8):
+        super().__init__()
+        self.net, self.levels = net, levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.round(x * self.levels) / self.levels)
