@@ -52,8 +52,8 @@ def sgd(params, lr: float, momentum: float, wd: float, epochs: int, milestones, 
 
 
 def train_teacher(bundle, arch: str, train_idx: np.ndarray, epochs: int, eps: float, dev: torch.device, seed: int,
-                  batch: int = 128, lr: float = 0.05) -> torch.nn.Module:
-    """PGD-AT teacher (CE on PGD-10, step eps/4, uniform start, train-mode BN as in Madry et al.)."""
+                  batch: int = 128, lr: float = 0.05, steps: int = 10) -> torch.nn.Module:
+    """PGD-AT teacher (CE on PGD-K, step 2.5 eps / K, uniform start, train-mode BN as in Madry et al.)."""
     seed_everything(seed)
     model = make_model(arch, bundle, dev)
     opt, sched = sgd(model.parameters(), lr, 0.9, 5e-4, epochs, [0.5, 0.75], 0.1)
@@ -65,7 +65,7 @@ def train_teacher(bundle, arch: str, train_idx: np.ndarray, epochs: int, eps: fl
         t0 = time.perf_counter()
         for x, y, _ in loader:
             x, y = x.to(dev), y.to(dev)
-            x_adv = pgd_ce(model, x, y, eps, eps / 4, 10, init="uniform", generator=gen)
+            x_adv = pgd_ce(model, x, y, eps, 2.5 * eps / steps, steps, init="uniform", generator=gen)
             loss = F.cross_entropy(model(x_adv), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -150,8 +150,9 @@ def evaluate(model, bundle, eps: float, dev: torch.device, n: Optional[int] = No
 
 
 def parse_run(spec: str) -> Tuple[str, Optional[bool], Optional[bool]]:
-    """``rslad``, ``rslad+asa``, ``rslad+mim``, ``rslad+asa+mim``, ``infoard-asa`` (InfoARD without ASA)."""
-    parts = spec.replace("-", " -").replace("+", " +").split()
+    """``rslad``, ``rslad+asa``, ``rslad+asa+mim``, ``infoard-asa`` (InfoARD without ASA); ``@label``
+    suffixes name variants whose options come from ``--set spec:key=value``."""
+    parts = spec.split("@", 1)[0].replace("-", " -").replace("+", " +").split()
     name, asa, mim = parts[0], None, None
     for p in parts[1:]:
         on = p[0] == "+"
@@ -164,7 +165,60 @@ def parse_run(spec: str) -> Tuple[str, Optional[bool], Optional[bool]]:
     return name, asa, mim
 
 
+def time_steps(specs, teacher, bundle, a, dev, train_idx) -> Dict[str, float]:
+    """Median seconds per training step of each run spec, measured alone, after 5 warm-up steps."""
+    out = {}
+    for spec in specs:
+        name, asa, mim = parse_run(spec)
+        _, times, _ = distill(name, teacher, bundle, a.student_arch, a.teacher_arch, train_idx, 2, a.eps, dev, 0, asa,
+                              mim, a.overrides.get(spec), max_steps=a.time_steps)
+        out[spec] = times[1] / a.time_steps  # epoch 2: warm caches / cudnn autotuning excluded
+        print(f"time {spec:20s} {1000 * out[spec]:.2f} ms/step", flush=True)
+    return out
+
+
+def run_parallel(a, argv, teacher_path: str) -> List[dict]:
+    """Run every (spec, seed) as its own process (1 CPU thread each), at most ``a.parallel`` at a time.
+
+    Tiny CNNs leave a big GPU idle (launch-bound), so independent runs side by side finish sooner.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    jobs = [(spec, seed) for spec in a.runs for seed in a.seeds]
+    tmp = Path(tempfile.mkdtemp(prefix="quick_loop_"))
+    base = [sys.executable, __file__, "--teacher", teacher_path, "--threads", "1", "--parallel", "0", "--child"]
+    skip = {"--runs", "--seeds", "--out", "--teacher", "--parallel", "--threads", "--time", "--child"}
+    keep, skipping = [], False
+    for tok in argv:  # forward every option except the ones set per job (and their values)
+        if tok.startswith("--"):
+            skipping = tok.split("=", 1)[0] in skip
+        if not skipping:
+            keep.append(tok)
+    running, rows = [], []
+    for k, (spec, seed) in enumerate(jobs):
+        while len(running) >= a.parallel:
+            running = [r for r in running if r[0].poll() is None]
+            time.sleep(0.5)
+        out = tmp / f"{k}.json"
+        cmd = base + keep + ["--runs", spec, "--seeds", str(seed), "--out", str(out)]
+        running.append((subprocess.Popen(cmd), out))
+    for proc, _ in running:
+        proc.wait()
+    for k in range(len(jobs)):
+        f = tmp / f"{k}.json"
+        if f.exists():
+            rows += json.loads(f.read_text())["runs"]
+        else:
+            print(f"run {jobs[k]} failed", flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--dataset", default="fashion-mnist")
@@ -173,27 +227,35 @@ def main(argv=None) -> None:
     ap.add_argument("--eps", type=float, default=0.1)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--teacher-epochs", type=int, default=10)
+    ap.add_argument("--teacher-steps", type=int, default=10, help="PGD steps of the teacher's adversarial training")
     ap.add_argument("--train-limit", type=int, default=None)
     ap.add_argument("--test-n", type=int, default=None)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--max-steps", type=int, default=None, help="cap steps per epoch (timing runs)")
-    ap.add_argument("--runs", nargs="+", default=["ard", "rslad", "iad", "adaad", "infoard"])
+    ap.add_argument("--max-steps", type=int, default=None, help="cap steps per epoch")
+    ap.add_argument("--runs", nargs="*", default=["ard", "rslad", "iad", "adaad", "infoard"])
     ap.add_argument("--set", action="append", default=[], help="RUN:key=value[,key=value] option overrides")
     ap.add_argument("--teacher", default=None, help="load / save the teacher state dict here")
     ap.add_argument("--out", default=None, help="write results JSON here")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--parallel", type=int, default=0, help="run specs as N concurrent processes")
+    ap.add_argument("--time", nargs="*", default=[], help="specs to time alone (ms/step) before training")
+    ap.add_argument("--time-steps", type=int, default=50)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     dev = torch.device("cuda" if (a.device == "auto" and torch.cuda.is_available()) else
                        ("cpu" if a.device == "auto" else a.device))
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     bundle = load_data(a.dataset, root=a.data_dir)
     train_idx, _ = split_indices(len(bundle.train), 0.0, 0, a.train_limit)
     overrides: Dict[str, Dict[str, str]] = {}
     for s in a.set:
         run, _, kvs = s.partition(":")
         overrides[run] = dict(kv.split("=", 1) for kv in kvs.split(","))
+    a.overrides = overrides
 
     teacher = make_model(a.teacher_arch, bundle, dev)
     if a.teacher and Path(a.teacher).exists():
@@ -201,23 +263,37 @@ def main(argv=None) -> None:
         teacher.eval()
     else:
         t0 = time.perf_counter()
-        teacher = train_teacher(bundle, a.teacher_arch, train_idx, a.teacher_epochs, a.eps, dev, seed=1234)
+        teacher = train_teacher(bundle, a.teacher_arch, train_idx, a.teacher_epochs, a.eps, dev, seed=1234,
+                                steps=a.teacher_steps)
         print(f"teacher trained in {time.perf_counter() - t0:.0f}s", flush=True)
         if a.teacher:
             torch.save(teacher.state_dict(), a.teacher)
-    results = {"teacher": evaluate(teacher, bundle, a.eps, dev, a.test_n), "runs": []}
-    print("teacher", json.dumps(results["teacher"]), flush=True)
-    for spec in a.runs:
-        name, asa, mim = parse_run(spec)
-        for seed in a.seeds:
-            student, times, logs = distill(name, teacher, bundle, a.student_arch, a.teacher_arch, train_idx, a.epochs,
-                                           a.eps, dev, seed, asa, mim, overrides.get(spec), max_steps=a.max_steps)
-            ev = evaluate(student, bundle, a.eps, dev, a.test_n)
-            row = {"run": spec, "seed": seed, **ev, "epoch_s": float(np.median(times)),
-                   "logs": {k: round(v, 4) for k, v in logs.items()}}
-            results["runs"].append(row)
-            print(f"{spec:28s} seed {seed} clean {ev['clean']:.2f} pgd20 {ev['pgd20']:.2f} cw20 {ev['cw20']:.2f} "
-                  f"epoch {row['epoch_s']:.2f}s  {json.dumps(row['logs'])}", flush=True)
+    results = {"args": vars(a), "runs": []}
+    if not a.child:
+        results["teacher"] = evaluate(teacher, bundle, a.eps, dev, a.test_n)
+        print("teacher", json.dumps(results["teacher"]), flush=True)
+    if a.time:
+        results["ms_per_step"] = {k: 1000 * v for k, v in time_steps(a.time, teacher, bundle, a, dev, train_idx).items()}
+    if a.parallel > 0:
+        if not a.teacher:
+            raise SystemExit("--parallel needs --teacher PATH (the runs share the teacher through it)")
+        results["runs"] = run_parallel(a, argv, a.teacher)
+        for row in results["runs"]:
+            print(f"{row['run']:28s} seed {row['seed']} clean {row['clean']:.2f} pgd20 {row['pgd20']:.2f} "
+                  f"cw20 {row['cw20']:.2f} epoch {row['epoch_s']:.2f}s", flush=True)
+    else:
+        for spec in a.runs:
+            name, asa, mim = parse_run(spec)
+            for seed in a.seeds:
+                student, times, logs = distill(name, teacher, bundle, a.student_arch, a.teacher_arch, train_idx,
+                                               a.epochs, a.eps, dev, seed, asa, mim, overrides.get(spec),
+                                               max_steps=a.max_steps)
+                ev = evaluate(student, bundle, a.eps, dev, a.test_n)
+                row = {"run": spec, "seed": seed, **ev, "epoch_s": float(np.median(times)),
+                       "logs": {k: round(v, 4) for k, v in logs.items()}}
+                results["runs"].append(row)
+                print(f"{spec:28s} seed {seed} clean {ev['clean']:.2f} pgd20 {ev['pgd20']:.2f} cw20 {ev['cw20']:.2f} "
+                      f"epoch {row['epoch_s']:.2f}s  {json.dumps(row['logs'])}", flush=True)
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=1))
 

@@ -12,8 +12,8 @@ Timing: :func:`infoard_deploy.bench.measure` (host array in, logits out), batch 
 intra-op threads for both torch and ONNX Runtime, measurements interleaved over ``--rounds`` rounds
 (median of the per-round medians) so background load drifts hit every runtime alike. Targets:
 ORT fp32 <= 0.6x torch eager latency, ORT INT8 <= 0.8x ORT fp32. ``--investigate`` also times session
-variants (threads, graph optimisation level, spinning, onnxslim, per-tensor weights, asymmetric uint8
-activations -- the last is NOT TensorRT-compatible and shown only to explain the INT8 result).
+variants (threads, graph optimisation level, spinning, onnxslim, per-tensor weights, and the
+``uint8-asymmetric`` activation option of ``quantize_int8`` -- NOT TensorRT-compatible, ONNX Runtime CPU only).
 
 Run:  .venv/bin/python benchmarks/latency.py [--quick] [--investigate] [--out benchmarks/results/latency.json]
 """
@@ -65,11 +65,11 @@ class SessionRuntime(Runtime):
         return self.s.run(None, {self.i: x})[0]
 
 
-def train_fmnist_student(epochs: int, limit: int | None):
+def train_fmnist_student(epochs: int, limit: int | None, data_dir: str | None = None):
     from infoard_deploy.data import BatchLoader, load_data, split_indices
     from infoard_deploy.models import build_model
 
-    b = load_data("fashion-mnist")
+    b = load_data("fashion-mnist", root=data_dir)
     torch.manual_seed(0)
     m = build_model("cnn-mnist-small", 10, 1, 28, b.mean, b.std)
     tr, _ = split_indices(len(b.train), 0.1, 0, limit=limit)
@@ -136,20 +136,12 @@ def bench_model(name, model, shape, calib, check_x, check_y, args, work: Path):
 
 
 def investigate(name, model, fp32, shape, calib, args, work: Path):
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
-                                          quantize_static)
-
-    from infoard_deploy.export.quantize import ArrayCalibrationReader
-
     slim = work / f"{name}.slim.onnx"
     slim_file(fp32, slim)
     int8_pt = work / f"{name}.int8-pertensor.onnx"
     quantize_int8(fp32, int8_pt, calib, "minmax", per_channel=False)
-    pre, u8 = work / f"{name}.pre.onnx", work / f"{name}.int8-u8asym.onnx"
-    quant_pre_process(str(fp32), str(pre))
-    quantize_static(str(pre), str(u8), ArrayCalibrationReader("input", calib), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax, extra_options={"WeightSymmetric": True})
+    u8 = work / f"{name}.int8-u8asym.onnx"
+    quantize_int8(fp32, u8, calib, "minmax", activations="uint8-asymmetric")
     int8 = work / f"{name}.int8.onnx"
     variants = {
         "torch eager 1 thread": ("torch1", None),
@@ -160,7 +152,7 @@ def investigate(name, model, fp32, shape, calib, args, work: Path):
         "ORT int8 1 thread": (int8, dict(threads=1)),
         "ORT int8 opt=extended": (int8, dict(threads=args.threads, level="extended")),
         "ORT int8 per-tensor weights": (int8_pt, dict(threads=args.threads)),
-        "ORT int8 u8 asymmetric act (not TRT)": (u8, dict(threads=args.threads)),
+        "ORT int8 uint8-asymmetric activations (not TRT)": (u8, dict(threads=args.threads)),
     }
     rts = {}
     for k, (p, kw) in variants.items():
@@ -213,9 +205,10 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="smoke run: 5k training images, few iterations")
     ap.add_argument("--investigate", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON result here")
+    ap.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: auto)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.iters, args.rounds = 10, 1
+        args.iters, args.rounds = min(args.iters, 10), 1
     torch.set_num_threads(args.threads)
     load0 = os.getloadavg()
     result = {"threads": args.threads, "batch_sizes": args.batch_sizes, "cpu_count": os.cpu_count(),
@@ -226,7 +219,7 @@ def main(argv=None):
     report = []
     with tempfile.TemporaryDirectory(prefix="infoard-latency-") as td:
         work = Path(td)
-        m, b, tr, secs = train_fmnist_student(args.epochs, 5000 if args.quick else None)
+        m, b, tr, secs = train_fmnist_student(args.epochs, 5000 if args.quick else None, args.data_dir)
         rng = np.random.default_rng(0)
         calib, _ = images(b.train, np.sort(rng.choice(tr, 512, replace=False)))  # TRAINING images
         tx, ty = images(b.test, np.arange(2000 if args.quick else len(b.test)))

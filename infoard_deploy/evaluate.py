@@ -27,7 +27,7 @@ from .attacks.cascade import AutoAttackCascade
 from .attacks.suite import AA_COMPONENTS, make_attack, project_into_ball
 from .errors import UserError
 from .evaluate_checks import (BoundsTracker, Check, ProbabilityCheck, black_box_check, deterministic_check,
-                              gradient_check)
+                              gradient_check, square_and_white_flags)
 
 SCHEMA = "infoard-deploy.evaluate/1"
 
@@ -133,7 +133,7 @@ def resolve_attacks(attacks: Union[str, Sequence[str]]) -> List[str]:
     items = [a for a in (attacks.split(",") if isinstance(attacks, str) else attacks)]
     names: List[str] = ["clean"]
     for a in items:
-        a = str(a).strip().lower()
+        a = str(a).strip().lower().replace("_", "-")
         if not a:
             continue
         ATTACKS.get(a)  # unknown -> UserError with "did you mean"
@@ -170,7 +170,7 @@ def _progress(progress: Any, total: Optional[int]):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = progress if isinstance(progress, Console) else Console(stderr=True)
-    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    p = Progress(TextColumn("{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(), TimeElapsedColumn(),
                  TextColumn("{task.fields[accs]}"), console=console)
     return p
 
@@ -215,7 +215,7 @@ def evaluate_model(model: nn.Module, data: Iterable, eps: float, attacks: Union[
     if n is not None and int(n) <= 0:
         raise UserError(f"n must be a positive number of examples, got {n}")
     names = resolve_attacks(attacks)
-    overrides = {str(k).strip().lower(): dict(v) for k, v in (overrides or {}).items()}
+    overrides = {str(k).strip().lower().replace("_", "-"): dict(v) for k, v in (overrides or {}).items()}
     for k in overrides:
         if k != "aa" and k not in ATTACKS:
             raise UserError(ATTACKS.unknown_message(k))
@@ -336,29 +336,12 @@ def evaluate_model(model: nn.Module, data: Iterable, eps: float, attacks: Union[
 
 def _finish_checks(res: EvalResult, probs: ProbabilityCheck, bounds: BoundsTracker, alpha: float) -> None:
     """Add the checks that need the whole run: probabilities, bounds, black box vs white box."""
+    flags = {k: (a.robust, a.white_box) for k, a in res.attacks.items()}
+    square_broken, white = square_and_white_flags(res.clean, flags, res.aa_broken_by,
+                                                  [c["attack"] for c in res.aa_components])
     res.checks["logits_not_probabilities"] = probs.result()
     res.checks["adv_in_bounds"] = bounds.result()
-    clean = res.clean
-    square_broken = None
-    white = clean.copy()
-    any_white = False
-    if "square" in res.attacks:
-        square_broken = clean & ~res.attacks["square"].robust
-    for name, a in res.attacks.items():
-        if a.white_box:
-            white &= a.robust
-            any_white = True
-    if res.aa_broken_by is not None:
-        comps = [c["attack"] for c in res.aa_components]
-        sq = comps.index("square") + 1 if "square" in comps else None
-        white_idx = [j for j, c in enumerate(comps, start=1) if c != "square"]
-        if white_idx:
-            any_white = True
-            white &= ~np.isin(res.aa_broken_by, white_idx)
-        if sq is not None:
-            hit = res.aa_broken_by == sq
-            square_broken = hit if square_broken is None else (square_broken | hit)
-    order = ["logits_not_probabilities", "deterministic_eval", "nonzero_input_gradients", "adv_in_bounds"]
-    checks = {k: res.checks[k] for k in order if k in res.checks}
-    checks["black_box_beats_white_box"] = black_box_check(square_broken, white if any_white else None, alpha)
-    res.checks = checks
+    res.checks["black_box_beats_white_box"] = black_box_check(square_broken, white, alpha)
+    order = ["logits_not_probabilities", "deterministic_eval", "nonzero_input_gradients", "adv_in_bounds",
+             "black_box_beats_white_box"]
+    res.checks = {k: res.checks[k] for k in order if k in res.checks}

@@ -17,7 +17,7 @@ Each check yields a :class:`Check` with ``status`` ``ok`` | ``warn`` | ``error``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -174,3 +174,30 @@ def black_box_check(square_broken: Optional[np.ndarray], white_robust: Optional[
         return _fail(name, "warning", f"Square (black-box) broke {extra} of {base} samples that every white-box attack "
                      "missed: likely gradient masking, the white-box robust accuracy is overestimated", **details)
     return Check(name, "warning", "ok", "black-box Square found nothing the white-box attacks missed", details)
+
+
+def square_and_white_flags(clean: np.ndarray, attacks: Dict[str, Tuple[np.ndarray, bool]],
+                           aa_broken_by: Optional[np.ndarray], aa_names: List[str]
+                           ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """Per-sample inputs of :func:`black_box_check` from a run's flags (all (n,) arrays).
+
+    ``attacks``: name -> (robust flags, is white-box). Square counts standalone and inside ``aa``
+    (``aa_broken_by == k`` for Square's 1-based position ``k`` in ``aa_names``); a sample is white-box
+    robust if clean-correct, robust to every standalone white-box attack and not broken by a white-box
+    AA component. Returns ``(square_broken or None, white_robust or None)``.
+    """
+    square_broken = clean & ~attacks["square"][0] if "square" in attacks else None
+    white, any_white = clean.copy(), False
+    for robust, white_box in attacks.values():
+        if white_box:
+            white &= robust
+            any_white = True
+    if aa_broken_by is not None:
+        white_idx = [k for k, c in enumerate(aa_names, start=1) if c != "square"]
+        if white_idx:
+            any_white = True
+            white &= ~np.isin(aa_broken_by, white_idx)
+        if "square" in aa_names:
+            hit = aa_broken_by == aa_names.index("square") + 1
+            square_broken = hit if square_broken is None else (square_broken | hit)
+    return square_broken, (white if any_white else None)

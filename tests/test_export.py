@@ -159,6 +159,24 @@ def test_int8_graph_is_symmetric_qdq(exported):
     assert s["symmetric"] and s["quantize_linear"] == len(q) and s["zero_point_types"] == {"int8": len(q) + len(dq)}
 
 
+def test_uint8_asymmetric_option_for_onnxruntime(exported, tmp_path):
+    from infoard_deploy.export.quantize import qdq_summary, quantize_int8
+
+    rng = np.random.default_rng(0)
+    calib = rng.random((64, 1, 8, 8), dtype=np.float32)
+    dst = quantize_int8(exported.out / "student.fp32.onnx", tmp_path / "u8.onnx", calib,
+                        activations="uint8-asymmetric")
+    s = qdq_summary(dst)
+    assert not s["symmetric"] and "uint8" in s["zero_point_types"] and "int8" in s["zero_point_types"]
+    with pytest.raises(UserError, match="activation scheme"):
+        quantize_int8(exported.out / "student.fp32.onnx", tmp_path / "x.onnx", calib, activations="int4")
+    with pytest.raises(UserError, match="calibration images"):
+        quantize_int8(exported.out / "student.fp32.onnx", tmp_path / "y.onnx", None)
+    with pytest.raises(UserError, match=r"\(1, 8, 8\)"):
+        quantize_int8(exported.out / "student.fp32.onnx", tmp_path / "z.onnx", calib[:, :, :4])
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()
+
+
 def test_fp16_graph_has_fp16_weights_and_fp32_io(exported):
     m = onnx.load(str(exported.out / "student.fp16.onnx"))
     kinds = {i.data_type for i in m.graph.initializer if len(i.dims) >= 2}
@@ -230,6 +248,8 @@ def test_shipped_profiles_load_and_register():
     ('name="x"\nruntime="onnxruntime"\nprecisions=["fp32"]\n[tolerances.int8]\nmin_top1=0.9\n', "does not produce"),
     ('name="x"\nruntime="onnxruntime"\nprecisions=["int8"]\n[calibration]\nmethod="kl"\n', "calibration.method"),
     ('name="x"\nprecisions=["fp32"]\n', "missing required key 'runtime'"),
+    ('name="x"\nruntime="tensorrt"\nprecisions=["int8"]\n[calibration]\nactivations="uint8-asymmetric"\n',
+     "only int8-symmetric"),
     ('name = [', "not valid TOML"),
 ])
 def test_profile_validation_rejects_bad_files(tmp_path, body, msg):

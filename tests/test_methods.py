@@ -239,6 +239,8 @@ def test_build_method_defaults_and_switches():
     assert build_method("ard", asa=True, mim=True).mim is not None
     ada = build_method("infoard", base="adaad")
     assert type(ada).__name__ == "AdaAD" and ada.name == "infoard" and ada.schedule.weight_decay == 5e-4
+    assert ada.mim.teacher_input == "adv"  # AdaAD already evaluates the teacher on x'
+    assert build_method("infoard", base="adaad", mim_teacher_input="clean").mim.teacher_input == "clean"
 
 
 def test_build_method_options_and_errors():

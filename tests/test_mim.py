@@ -69,6 +69,8 @@ def test_every_student_teacher_pair(shapes):
             assert len(pairs) == min(3, len(s_stages), len(t_stages))
             assert pairs[-1] == (s_stages[-1], t_stages[-1])  # deepest stages always aligned
             mim.build(pairs, s_shapes, t_shapes)
+            assert all(p in pairs for p in mim.pairs) and all(size >= 2 for size in mim.att_sizes)
+            pairs = mim.pairs  # 1x1 maps carry no attention signal and are dropped
             s_feats = {k: torch.randn(4, *v, requires_grad=True) for k, v in s_shapes.items()}
             t_feats = {k: torch.randn(4, *v) for k, v in t_shapes.items()}
             loss, logs = mim.loss(s_feats, t_feats)
@@ -88,12 +90,15 @@ def test_pairing_is_proportional():
 
 
 def test_setup_end_to_end_and_teardown():
-    student, teacher = _build("resnet18", 3), _build("wrn-16-4", 3)
+    torch.manual_seed(0)
+    student = build_model("resnet18", 10, 3, 16, [0.5] * 3, [0.5] * 3)  # 16x16: layer4 is 2x2
+    teacher = build_model("wrn-16-4", 10, 3, 16, [0.5] * 3, [0.5] * 3)
     mim = MIM(levels=3)
-    mim.setup(student, teacher, "resnet18", "wrn-16-4", [3, SIZE, SIZE], 10)
-    assert [p[1] for p in mim.pairs] == ["net.block1", "net.block2", "net.block3"]
+    mim.setup(student, teacher, "resnet18", "wrn-16-4", [3, 16, 16], 10)
+    assert mim.pairs == [("net.layer1", "net.block1"), ("net.layer3", "net.block2"), ("net.layer4", "net.block3")]
+    assert mim.att_sizes == [16, 4, 2]
     assert mim.proj_s.in_features == 512 and mim.proj_t.in_features == 256
-    x = torch.rand(4, 3, SIZE, SIZE)
+    x = torch.rand(4, 3, 16, 16)
     with mim.s_tap.capture() as sf:
         student(x)
     with torch.no_grad(), mim.t_tap.capture() as tf:

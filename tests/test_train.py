@@ -80,7 +80,7 @@ def _student(bundle, seed=0):
 
 
 def _cfg(tmp_path, name="run", **kw):
-    base = dict(epochs=2, batch_size=64, seed=0, out_dir=str(tmp_path / name), val_n=120, progress=False)
+    base = dict(epochs=2, batch_size=64, seed=0, out_dir=str(tmp_path / name), val_n=120, progress=False, device="cpu")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -128,8 +128,9 @@ def test_teacher_method_loss_matches_its_definition(tiny_bundle, name):
 # -- trainer ------------------------------------------------------------------------------------
 
 def test_pgd_at_learns_and_writes_card(tiny_bundle, tmp_path):
-    r = train(_student(tiny_bundle), build_teacher_method("pgd-at", steps=5), tiny_bundle,
-              _cfg(tmp_path, epochs=3, lr=0.05, model_name="teacher"), card_base={"architecture": "cnn-small"})
+    r = train(_student(tiny_bundle), build_teacher_method("pgd-at", steps=3), tiny_bundle,
+              _cfg(tmp_path, epochs=3, lr=0.05, batch_size=32, train_limit=640, model_name="teacher"),
+              card_base={"architecture": "cnn-small"})
     h = r.history
     assert len(h) == 3 and h[-1]["loss"] < h[0]["loss"]
     assert h[-1]["val_clean"] > 0.6 and h[-1]["val_robust"] > 0.3  # chance is 0.1
@@ -159,14 +160,15 @@ def test_metrics_files_have_every_field(tiny_bundle, tmp_path):
 
 
 def test_resume_is_bit_identical(tiny_bundle, tmp_path):
-    full = train(_student(tiny_bundle), m_full := ToyKD(), tiny_bundle, _cfg(tmp_path, "full", epochs=4),
-                 card_base={"architecture": "cnn-small"})
-    first = train(_student(tiny_bundle), ToyKD(), tiny_bundle, _cfg(tmp_path, "cut", epochs=4, stop_after=2),
+    full = train(_student(tiny_bundle), m_full := ToyKD(), tiny_bundle,
+                 _cfg(tmp_path, "full", epochs=4, train_limit=320), card_base={"architecture": "cnn-small"})
+    first = train(_student(tiny_bundle), ToyKD(), tiny_bundle,
+                  _cfg(tmp_path, "cut", epochs=4, stop_after=2, train_limit=320),
                   card_base={"architecture": "cnn-small"})
     assert not first.completed and first.final_model_path is None and len(first.history) == 2
     # a fresh process would rebuild everything: new (differently initialised) objects, then --resume
     rest = train(_student(tiny_bundle, seed=123), m_rest := ToyKD(), tiny_bundle,
-                 _cfg(tmp_path, "cut", epochs=4, resume=True), card_base={"architecture": "cnn-small"})
+                 _cfg(tmp_path, "cut", epochs=4, resume=True, train_limit=320), card_base={"architecture": "cnn-small"})
     assert rest.completed and rest.epochs_run == 2
     a, _ = load_model(full.final_model_path)
     b, _ = load_model(rest.final_model_path)
@@ -259,28 +261,29 @@ def _run_cli(args, out_log):
                             stdout=out_log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
 
-def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
-    args = ["train-teacher", "--data", "digits", "--arch", "cnn-small", "--method", "pgd-at", "--epochs", "4",
-            "--train-limit", "512", "--val-n", "64", "--attack-steps", "3", "--batch-size", "32"]
-    with open(tmp_path / "ref.log", "w") as lr, open(tmp_path / "victim.log", "w") as lv:
-        ref = _run_cli(args + ["--out", tmp_path / "ref"], lr)
-        victim = _run_cli(args + ["--out", tmp_path / "victim"], lv)
+def test_kill_9_then_resume_matches_uninterrupted(cli, tmp_path):
+    args = ["train-teacher", "--data", "digits", "--arch", "cnn-small", "--method", "pgd-at", "--epochs", "3",
+            "--train-limit", "320", "--val-n", "32", "--attack-steps", "3", "--batch-size", "32"]
+    with open(tmp_path / "victim.log", "w") as log:
+        victim = _run_cli(args + ["--out", tmp_path / "victim"], log)
         state = tmp_path / "victim" / "state.pt"
         deadline = time.time() + 120
         while not state.exists() and victim.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.02)
         assert victim.poll() is None, "victim finished before it could be killed"
-        victim.send_signal(signal.SIGKILL)  # mid-epoch 2, no chance to clean up
+        victim.send_signal(signal.SIGKILL)  # during epoch 2 (or while writing its state): no clean-up
         victim.wait()
         assert not (tmp_path / "victim" / "teacher.pt").exists()
-        resumed = _run_cli(args + ["--out", tmp_path / "victim", "--resume"], lv)
+        resumed = _run_cli(args + ["--out", tmp_path / "victim", "--resume"], log)
+        # meanwhile the uninterrupted reference, in this process (one thread, like the subprocesses)
+        code, _, err = cli("--device", "cpu", *args, "--out", tmp_path / "ref")
+        assert code == 0, err
         assert resumed.wait(timeout=300) == 0, (tmp_path / "victim.log").read_text()
-        assert ref.wait(timeout=300) == 0, (tmp_path / "ref.log").read_text()
     a = torch.load(tmp_path / "ref" / "teacher.pt", weights_only=True)
     b = torch.load(tmp_path / "victim" / "teacher.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ra, rb = read_metrics(tmp_path / "ref"), read_metrics(tmp_path / "victim")
-    assert [r["loss"] for r in ra] == [r["loss"] for r in rb] and len(rb) == 4
+    assert [r["loss"] for r in ra] == [r["loss"] for r in rb] and len(rb) == 3
 
 
 # -- distill ----------------------------------------------------------------------------------------
@@ -296,7 +299,7 @@ def digits_teacher(tmp_path_factory):
     torch.set_num_threads(1)  # session fixtures run before the per-test one-thread fixture
     r = train(_student(bundle, seed=1), build_teacher_method("pgd-at", steps=5), bundle,
               TrainConfig(epochs=2, batch_size=64, lr=0.05, out_dir=str(out), model_name="teacher", progress=False,
-                          val_n=100), card_base={"architecture": "cnn-small"})
+                          val_n=100, device="cpu"), card_base={"architecture": "cnn-small"})
     torch.set_num_threads(n)
     return r.final_model_path
 
@@ -317,13 +320,19 @@ def test_teacher_must_match_the_data(digits_teacher, tiny_bundle, tmp_path):
     sixteen = DataBundle("big", big, big, [str(i) for i in range(10)], (1, 16, 16), [0.3], [0.4])
     with pytest.raises(UserError, match=r"takes \[1, 8, 8\] inputs but big images are \[1, 16, 16\]"):
         load_teacher(str(digits_teacher), sixteen, None, None, None)
-    # a card-less state dict needs --teacher-arch
+    # a card-less state dict: the architecture is inferred from its keys and shapes (TRADES' WRN files)
+    sd = torch.load(digits_teacher, weights_only=True)
     bare = tmp_path / "bare.pt"
-    torch.save(torch.load(digits_teacher, weights_only=True), bare)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, bare)
+    m2, c2 = load_teacher(str(bare), tiny_bundle, None, None, None)
+    assert c2.architecture == "cnn-small" and c2.mean == [0.0] and c2.num_classes == 10  # raw [0,1] convention
+    # ... unless it matches no registered architecture: then --teacher-arch is asked for
+    odd = tmp_path / "odd.pt"
+    torch.save({k: v for k, v in sd.items() if not k.startswith("fc1")}, odd)
     with pytest.raises(UserError, match="pass --teacher-arch"):
-        load_teacher(str(bare), tiny_bundle, None, None, None)
-    _, c2 = load_teacher(str(bare), tiny_bundle, "cnn-small", None, None)
-    assert c2.mean == [0.0] and c2.num_classes == 10
+        load_teacher(str(odd), tiny_bundle, None, None, None)
+    with pytest.raises(UserError, match="does not match architecture 'cnn-small'"):
+        load_teacher(str(odd), tiny_bundle, "cnn-small", None, None)
 
 
 def _methods_available():
@@ -371,3 +380,22 @@ def test_distill_cli_errors(cli, digits_teacher, tmp_path):
         code, _, err = cli("distill", "--teacher", digits_teacher, "--student", "cnn-small", "--data", "fashion-mnist",
                            "--method", "ard", "--out", tmp_path / "x")
         assert code == 2 and "inputs but fashion-mnist images are [1, 28, 28]" in err
+
+
+# -- CUDA (skipped without a GPU) -----------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp,channels_last", [("auto", False), ("bf16", True), ("fp16", True)])
+def test_cuda_amp_channels_last_and_resume(tiny_bundle, tmp_path, amp, channels_last):
+    kw = dict(epochs=2, lr=0.05, device="cuda", amp=amp, channels_last=channels_last)
+    student = _student(tiny_bundle)
+    first = train(student, build_teacher_method("trades", steps=3), tiny_bundle, _cfg(tmp_path, stop_after=1, **kw),
+                  card_base={"architecture": "cnn-small"})
+    assert not first.completed and next(student.parameters()).is_cuda
+    if channels_last:
+        assert student.net.stage1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    r = train(_student(tiny_bundle), build_teacher_method("trades", steps=3), tiny_bundle,
+              _cfg(tmp_path, resume=True, **kw), card_base={"architecture": "cnn-small"})
+    assert r.completed and all(h["loss"] == h["loss"] for h in r.history)
+    assert r.history[-1]["val_clean"] > 0.3

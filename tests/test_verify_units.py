@@ -114,6 +114,18 @@ def test_runtime_module_counts_queries_and_matches_predict(onnx_files, digits):
         assert mod.calls == 2 and mod.queries == 37
 
 
+def test_iobinding_paths_match_session_run(onnx_files, digits):
+    """The CUDA-EP code path (IOBinding by pointer, chunked) exercised on the CPU EP: same logits."""
+    x, _ = _batch(digits, 21)
+    with OrtRuntime(str(onnx_files / "m.onnx"), max_batch=8) as rt:
+        ref = rt.session.run(None, {rt._in: x.numpy()})[0]
+        rt.on_cuda, rt._io_device = True, "cpu"  # what _load sets on a CUDA session, pointed at host memory
+        np.testing.assert_allclose(rt.predict(x), ref, rtol=0, atol=1e-6)  # bound host arrays, 3 chunks
+        out = rt.predict_tensor(x)  # bound by data_ptr(), written straight into a torch tensor
+        assert out.dtype == torch.float32 and out.shape == (21, 10)
+        np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-6)
+
+
 class ForceClass(nn.Module):
     """The reference's logits with class ``k`` pushed up by ``bias``: a deterministic 'deployment bug'."""
 

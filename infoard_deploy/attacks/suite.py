@@ -172,8 +172,8 @@ def make_attack(name: str, model: nn.Module, eps: float, *, num_classes: int, se
     Returns a callable ``(x, y) -> x_adv``; for ``aa`` an :class:`~.cascade.AutoAttackCascade` whose
     ``run(x, y)`` also returns per-sample results.
     """
-    spec: AttackSpec = ATTACKS.get(name)
-    key = str(name).strip().lower()
+    key = str(name).strip().lower().replace("_", "-")
+    spec: AttackSpec = ATTACKS.get(key)
     if not 0.0 < float(eps) <= 1.0:
         raise UserError(f"eps must lie in (0, 1], got {eps}")
     if num_classes < 2:
@@ -215,7 +215,7 @@ def _register() -> None:
     import torchattacks
 
     specs = {
-        "clean": (AttackSpec(lambda e, k: {}, None, True), "no attack: clean accuracy"),
+        "clean": (AttackSpec(lambda e, k: {}, None, False), "no attack: clean accuracy"),
         "fgsm": (AttackSpec(lambda e, k: {}, lambda t, e, s: torchattacks.FGSM(t, eps=e), True),
                  "FGSM, one step of size eps (Goodfellow et al. 2015)"),
         "pgd20": (AttackSpec(lambda e, k: {"steps": 20, "alpha": e / 4, "random_start": True},
@@ -244,7 +244,7 @@ def _register() -> None:
                                                                   n_restarts=s["n_restarts"], p_init=s["p_init"],
                                                                   loss="margin"), False),
                    "Square attack, 5000 queries, black-box (AutoAttack component)"),
-        "aa": (AttackSpec(lambda e, k: {}, None, True),
+        "aa": (AttackSpec(lambda e, k: {}, None, False),  # mixed: white-box components, then black-box Square
                "AutoAttack standard: per-sample cascade APGD-CE -> APGD-T -> FAB-T -> Square"),
     }
     for name, (spec, about) in specs.items():

@@ -79,4 +79,5 @@ def report(result, *, kind: str, t0: float, json_out: bool, info: Dict[str, Any]
     else:
         console.print(f"stopped after epoch {len(result.history)}; continue with --resume")
     console.print(f"final validation: clean {pct(m.get('val_clean'))}, robust {pct(m.get('val_robust'))} "
-                  f"(PGD-10, eps {info.get('eps'):.4g}) in {data['seconds']:.1f}s; metrics in {result.out_dir}/metrics.csv", soft_wrap=True)
+                  f"(PGD-10, eps {info.get('eps'):.4g}) in {data['seconds']:.1f}s; "
+                  f"metrics in {result.out_dir}/metrics.csv", soft_wrap=True)

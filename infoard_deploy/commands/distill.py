@@ -35,13 +35,15 @@ def load_teacher(path: str, bundle, arch: Optional[str], mean: Optional[List[flo
         raise UserError(f"--teacher-mean has {len(mean)} values but {bundle.name} images have {c} channels")
     if card is None and mean is None:
         mean, std = [0.0] * c, [1.0] * c  # raw [0,1] inputs (TRADES / RobustBench checkpoints)
+    if card is None and arch is None and p.suffix.lower() in (".pt", ".pth", ".safetensors", ".bin", ".ckpt"):
+        arch = infer_architecture(p)  # TorchScript / ONNX carry their own graph: None is fine for them
     try:
         model, tcard = load_model(p, arch=arch, num_classes=None if card else bundle.num_classes,
                                   input_shape=None if card else [c, h, w], mean=mean, std=std)
     except UserError as e:
         if "pass --arch" in str(e):
-            raise UserError(f"teacher {p.name} has no model card; pass --teacher-arch "
-                            f"(e.g. wrn-34-10 for TRADES / RobustBench weights)") from None
+            raise UserError(f"teacher {p.name} has no model card and its weights match no single registered "
+                            f"architecture; pass --teacher-arch (e.g. wrn-34-10 for TRADES weights)") from None
         raise
     if tcard.num_classes != bundle.num_classes:
         raise UserError(f"teacher {p.name} has {tcard.num_classes} classes but {bundle.name} has {bundle.num_classes}")
@@ -60,6 +62,43 @@ def load_teacher(path: str, bundle, arch: Optional[str], mean: Optional[List[flo
     if logits.dim() != 2 or logits.shape[1] != bundle.num_classes:
         raise UserError(f"teacher {p.name} returns {tuple(logits.shape)}, expected (N, {bundle.num_classes})")
     return model, tcard
+
+
+def infer_architecture(path: Path) -> Optional[str]:
+    """The registered architecture whose state-dict keys and shapes match the file's exactly, if unique.
+
+    Lets a card-less checkpoint such as TRADES' ``model_cifar_wrn.pt`` load without ``--teacher-arch``.
+    Candidates are built on the meta device (no memory, no init cost); a TorchScript archive or a
+    file without a plain state dict gives None.
+    """
+    import torch
+
+    from ..checkpoint import _is_torchscript, _load_raw, extract_state_dict
+    from ..errors import UserError
+    from ..models import MODELS
+
+    if _is_torchscript(path):
+        return None
+    try:
+        sd = extract_state_dict(_load_raw(path), source=path.name)
+    except UserError:
+        return None
+    head = next((v for k, v in sd.items() if k.endswith(("linear.weight", "fc.weight")) and v.dim() == 2), None)
+    stem = next((v for k, v in sd.items() if v.dim() == 4), None)
+    if head is None or stem is None:
+        return None
+    want = {k: tuple(v.shape) for k, v in sd.items()}
+    found = []
+    for name in MODELS.names():
+        try:
+            with torch.device("meta"):
+                net = MODELS.get(name)(num_classes=int(head.shape[0]), in_channels=int(stem.shape[1]))
+        except Exception:  # an architecture that cannot take these class / channel counts
+            continue
+        have = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+        if have == want:
+            found.append(name)
+    return found[0] if len(found) == 1 else None
 
 
 def teacher_accuracy(model, bundle, cfg, n: int = 500) -> Optional[float]:
@@ -88,7 +127,8 @@ def build_distill_method(name: str, asa: Optional[bool], mim: Optional[bool], op
     try:
         from ..methods import build_method
     except ImportError:
-        raise UserError("distillation methods are not available in this installation (infoard_deploy.methods)") from None
+        raise UserError("distillation methods are not available in this installation "
+                        "(infoard_deploy.methods)") from None
     try:
         return build_method(name, asa=asa, mim=mim, **opts)
     except TypeError as e:
@@ -104,11 +144,15 @@ def register(app: typer.Typer) -> None:
         teacher: str = typer.Option(..., "--teacher", help="robust teacher: .pt/.pth/.safetensors/TorchScript/.onnx"),
         student: str = typer.Option("mobilenetv2", "--student", help="student architecture (see `list architectures`)"),
         method: str = typer.Option("infoard", "--method", help="ard | rslad | iad | adaad | infoard"),
-        asa: Optional[bool] = typer.Option(None, "--asa/--no-asa", help="attack-strength adaptation (default: method's)"),
-        mim: Optional[bool] = typer.Option(None, "--mim/--no-mim", help="mutual-information maximisation (default: method's)"),
+        asa: Optional[bool] = typer.Option(None, "--asa/--no-asa",
+                                           help="attack-strength adaptation (default: method's)"),
+        mim: Optional[bool] = typer.Option(None, "--mim/--no-mim",
+                                           help="mutual-information maximisation (default: method's)"),
         opt: Optional[List[str]] = typer.Option(None, "--opt", help="method hyper-parameter key=value (repeatable)"),
-        teacher_arch: Optional[str] = typer.Option(None, "--teacher-arch", help="teacher architecture if it has no card"),
-        teacher_mean: Optional[str] = typer.Option(None, "--teacher-mean", help="teacher input mean, e.g. 0.49,0.48,0.45"),
+        teacher_arch: Optional[str] = typer.Option(None, "--teacher-arch",
+                                                   help="teacher architecture if it has no card (else inferred)"),
+        teacher_mean: Optional[str] = typer.Option(None, "--teacher-mean",
+                                                   help="teacher input mean, e.g. 0.49,0.48,0.45"),
         teacher_std: Optional[str] = typer.Option(None, "--teacher-std", help="teacher input std"),
         data: str = typer.Option("cifar10", "--data", help="dataset (see `infoard-deploy list datasets`)"),
         data_dir: Optional[str] = typer.Option(None, "--data-dir", help="where the dataset files are"),

@@ -52,14 +52,14 @@ def resolve_profiles(names: List[str], fp32: bool, fp16: bool, int8: bool, trt: 
 
 def _table(result) -> Table:
     t = Table(title=f"export of {Path(result['model']).name}", title_justify="left")
-    for col in ("artifact", "precision", "runtime", "max |dlogit|", "mean |dlogit|", "top-1 agree", "accuracy", "gate"):
-        t.add_column(col, justify="right" if col not in ("artifact", "runtime", "gate") else "left")
+    for col in ("artifact", "runtime", "max|d|", "mean|d|", "top-1", "acc", "ref acc", "gate"):
+        t.add_column(col, justify="left" if col in ("artifact", "runtime", "gate") else "right",
+                     no_wrap=col == "artifact")
     for a in result["artifacts"]:
         p = a["parity"]
-        acc = f"{p['accuracy']:.4f} (ref {p['reference_accuracy']:.4f})" if "accuracy" in p else "-"
-        t.add_row(escape(Path(a["path"]).name), a["precision"], a["runtime"], f"{p['max_abs']:.3g}",
-                  f"{p['mean_abs']:.3g}", f"{p['top1_agreement']:.4f}", acc,
-                  "[green]ok[/green]" if a["passed"] else "[red]FAILED[/red]")
+        acc = (f"{p['accuracy']:.4f}", f"{p['reference_accuracy']:.4f}") if "accuracy" in p else ("-", "-")
+        t.add_row(escape(Path(a["path"]).name), a["runtime"], f"{p['max_abs']:.3g}", f"{p['mean_abs']:.2g}",
+                  f"{p['top1_agreement']:.4f}", *acc, "[green]ok[/green]" if a["passed"] else "[red]FAILED[/red]")
     return t
 
 

@@ -38,10 +38,11 @@ class Artifact:
     path: Path
     profiles: List[Profile] = field(default_factory=list)
     requested: bool = True  # False: an intermediate kept in the temporary folder
+    opset: int = 18
 
 
 def _int8_key(p: Profile):
-    return (p.calib_method, p.calib_n, p.per_channel, p.percentile)
+    return (p.calib_method, p.calib_n, p.per_channel, p.percentile, p.activations)
 
 
 def plan(stem: str, profiles: List[Profile], out_dir: Path) -> List[Artifact]:
@@ -52,19 +53,20 @@ def plan(stem: str, profiles: List[Profile], out_dir: Path) -> List[Artifact]:
     if len(opsets) > 1:
         raise UserError(f"the profiles ask for different opsets ({', '.join(map(str, sorted(opsets)))}); "
                         f"export them in separate runs")
+    opset = opsets.pop()
     onnx_by_prec: Dict[str, Artifact] = {}
     engines: List[Artifact] = []
     for p in profiles:
         for prec in p.precisions:
-            a = onnx_by_prec.setdefault(prec, Artifact("onnx", prec, out_dir / f"{stem}.{prec}.onnx"))
+            a = onnx_by_prec.setdefault(prec, Artifact("onnx", prec, out_dir / f"{stem}.{prec}.onnx", opset=opset))
             if prec == "int8" and a.profiles and _int8_key(a.profiles[0]) != _int8_key(p):
                 raise UserError(f"profiles {a.profiles[0].name} and {p.name} ask for different INT8 calibration "
                                 f"settings; align them with --calib-method/--calib-n or export separately")
             a.profiles.append(p)
             if p.runtime == "tensorrt":
-                engines.append(Artifact("engine", prec, out_dir / f"{stem}.{p.name}.engine", [p]))
+                engines.append(Artifact("engine", prec, out_dir / f"{stem}.{p.name}.engine", [p], opset=opset))
     if "fp32" not in onnx_by_prec:
-        onnx_by_prec["fp32"] = Artifact("onnx", "fp32", Path("fp32.onnx"), [], requested=False)
+        onnx_by_prec["fp32"] = Artifact("onnx", "fp32", Path("fp32.onnx"), [], requested=False, opset=opset)
     names = [e.path.name for e in engines]
     if len(set(names)) != len(names):
         raise UserError("a TensorRT profile is listed twice")
@@ -157,7 +159,6 @@ def _make_one(a: Artifact, model, card: ModelCard, model_path: Path, sha: str, i
     prof0 = a.profiles[0] if a.profiles else None
     extra: Dict[str, Any] = {}
     if a.kind == "onnx":
-        opset = prof0.opset if prof0 else 18
         if a.precision == "fp32":
             if is_onnx:
                 with atomic_path(a.path, suffix=".onnx") as tmp:
@@ -167,22 +168,23 @@ def _make_one(a: Artifact, model, card: ModelCard, model_path: Path, sha: str, i
                         shutil.copyfile(model_path, tmp)
                     verify_file(tmp, name=a.path.name)
             else:
-                export_onnx(model, a.path, card.input_shape, opset=opset, slim=slim)
+                export_onnx(model, a.path, card.input_shape, opset=a.opset, slim=slim)
         elif a.precision == "fp16":
             to_fp16(built["fp32"], a.path)
         else:
-            quantize_int8(built["fp32"], a.path, imgs.calib, prof0.calib_method, prof0.per_channel, prof0.percentile)
+            quantize_int8(built["fp32"], a.path, imgs.calib, prof0.calib_method, prof0.per_channel, prof0.percentile,
+                          activations=prof0.activations)
             extra["calibration"] = {"method": prof0.calib_method, "n": int(len(imgs.calib)),
                                     "per_channel": prof0.per_channel, "source": imgs.info.get("calib_source"),
                                     "split": imgs.info.get("calib_split", "user file"),
-                                    "activations": "int8 symmetric", "weights": "int8 symmetric"}
+                                    "activations": prof0.activations, "weights": "int8-symmetric"}
             extra["qdq"] = qdq_summary(a.path)
         built[a.precision] = a.path
         from ..runtimes.onnxrt import OrtRuntime
 
         with OrtRuntime(str(a.path), providers=["CPUExecutionProvider"], precision=a.precision) as rt:
             out = _logits(rt.predict, imgs.check_x)
-        runtime = "onnxruntime[cpu]"
+        runtime = "ort-cpu"
         io = io_info(a.path)
         extra.update({"opset": io["opset"], "input_names": io["input_names"], "output_names": io["output_names"],
                       "dynamic_batch": {"dynamic": io["dynamic_batch"], "smoke_tested": [1, 64] if io["dynamic_batch"] else [1]}})
@@ -216,7 +218,7 @@ def _make_one(a: Artifact, model, card: ModelCard, model_path: Path, sha: str, i
     c = ModelCard(**{**{k: getattr(card, k) for k in ("architecture", "num_classes", "input_shape", "mean", "std",
                                                       "classes", "eps", "dataset")},
                      "kind": a.kind, "precision": a.precision,
-                     "provenance": provenance(source=str(model_path), source_sha256=sha, source_kind=card.kind,
+                     "provenance": provenance(source=str(model_path.resolve()), source_sha256=sha, source_kind=card.kind,
                                               command="export", profiles=[p.name for p in a.profiles],
                                               artifact_sha256=sha256_file(a.path)),
                      "metrics": {"parity": parity, "gate": {"passed": not fails, "failures": fails, "tolerances": tols},

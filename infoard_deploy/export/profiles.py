@@ -21,8 +21,9 @@ Example::
     opt = 32
     max = 256
     [calibration]
-    method = "entropy"
+    method = "entropy"          # minmax | entropy | percentile
     n = 512
+    activations = "int8-symmetric"   # or "uint8-asymmetric" (onnxruntime profiles only)
     [tolerances.int8]
     min_top1 = 0.97
 """
@@ -41,11 +42,12 @@ from ..registry import Registry
 RUNTIME_NAMES = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+ACTIVATIONS = ("int8-symmetric", "uint8-asymmetric")
 
 _TOP_KEYS = {"name", "description", "runtime", "providers", "precisions", "opset", "slim", "batch",
              "workspace_mb", "calibration", "tolerances"}
 _BATCH_KEYS = {"min", "opt", "max"}
-_CALIB_KEYS = {"method", "n", "per_channel", "percentile"}
+_CALIB_KEYS = {"method", "n", "per_channel", "percentile", "activations"}
 _TOL_KEYS = {"max_abs", "max_rel", "min_top1", "max_acc_drop"}
 
 
@@ -94,6 +96,7 @@ class Profile:
     calib_n: int = 512
     per_channel: bool = True
     percentile: float = 99.999
+    activations: str = "int8-symmetric"  # "uint8-asymmetric": ONNX Runtime CPU only, not TensorRT
     tolerances: Dict[str, Tolerance] = field(default_factory=dict)
     source: str = ""
 
@@ -114,7 +117,8 @@ class Profile:
                 "providers": list(self.providers), "precisions": list(self.precisions), "opset": self.opset,
                 "slim": self.slim, "batch": {"min": self.batch_min, "opt": self.batch_opt, "max": self.batch_max},
                 "workspace_mb": self.workspace_mb,
-                "calibration": {"method": self.calib_method, "n": self.calib_n, "per_channel": self.per_channel},
+                "calibration": {"method": self.calib_method, "n": self.calib_n, "per_channel": self.per_channel,
+                                "activations": self.activations},
                 "tolerances": {p: self.tolerance(p).to_dict() for p in self.precisions}, "source": self.source}
 
 
@@ -178,6 +182,8 @@ def parse_profile(data: Mapping[str, Any], source: str = "profile") -> Profile:
         kw["per_channel"] = _typed(where, "calibration.per_channel", calib["per_channel"], bool)
     if "percentile" in calib:
         kw["percentile"] = _typed(where, "calibration.percentile", calib["percentile"], float)
+    if "activations" in calib:
+        kw["activations"] = _typed(where, "calibration.activations", calib["activations"], str)
     tols = data.get("tolerances", {})
     if not isinstance(tols, dict):
         raise UserError(f"{where}: [tolerances] must be a table of [tolerances.<precision>] tables")
@@ -209,6 +215,11 @@ def validate(p: Profile) -> Profile:
                         f"got {p.batch_min}/{p.batch_opt}/{p.batch_max}")
     if p.calib_method not in CALIB_METHODS:
         raise UserError(f"{where}: calibration.method must be one of {', '.join(CALIB_METHODS)}, got '{p.calib_method}'")
+    if p.activations not in ACTIVATIONS:
+        raise UserError(f"{where}: calibration.activations must be one of {', '.join(ACTIVATIONS)}, got '{p.activations}'")
+    if p.runtime == "tensorrt" and p.activations != "int8-symmetric":
+        raise UserError(f"{where}: TensorRT accepts only int8-symmetric Q/DQ (zero point 0); "
+                        f"uint8-asymmetric is for onnxruntime profiles")
     if p.calib_n < 1:
         raise UserError(f"{where}: calibration.n must be >= 1, got {p.calib_n}")
     if not (50.0 < p.percentile <= 100.0):
@@ -243,8 +254,11 @@ def load_profile_file(path: str | Path) -> Profile:
 
 def profile_dirs() -> List[Path]:
     """Where shipped profiles are looked for: the repo's ``export/`` folder, then the installed data files."""
+    import site
+
     here = Path(__file__).resolve()
-    dirs = [here.parents[2] / "export", Path(sys.prefix) / "share" / "infoard-deploy" / "export"]
+    dirs = [here.parents[2] / "export", Path(sys.prefix) / "share" / "infoard-deploy" / "export",
+            Path(site.getuserbase()) / "share" / "infoard-deploy" / "export"]  # pip install --user
     return [d for d in dirs if d.is_dir()]
 
 

@@ -14,6 +14,12 @@ float (``QuantizeBias=False``): TensorRT fuses float biases and has no int32 Q/D
 Runtime CPU still fuses DQ->Conv->Q into QLinearConv. ``quant_pre_process`` (shape inference and
 graph optimisation, e.g. Conv+BN folding) runs first. Calibration images must come from training data;
 that is the caller's contract, checked again in :mod:`.pipeline`.
+
+``activations="uint8-asymmetric"`` is an opt-in for ONNX Runtime CPU only (not TensorRT): on x86 ORT
+fuses uint8-activation Q/DQ graphs completely (QLinearConv incl. depthwise, QLinearAdd, Relu/Clip folded
+into the zero point), while with symmetric int8 activations depthwise convolutions and activations stay
+as float ops between extra Q/DQ pairs -- on MobileNetV2 that makes symmetric INT8 slower than fp32
+(see benchmarks/latency.py --investigate).
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from ..utils import atomic_path
 from .onnx import io_info, verify_file
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+ACTIVATION_SCHEMES = ("int8-symmetric", "uint8-asymmetric")
 
 
 def to_fp16(src: str | Path, dst: str | Path, op_block_list: Optional[Sequence[str]] = None) -> Path:
@@ -99,19 +106,27 @@ def check_calibration(calib: Optional[np.ndarray], chw: Sequence[Optional[int]])
 
 
 def quantize_int8(src: str | Path, dst: str | Path, calib: Optional[np.ndarray], method: str = "minmax",
-                  per_channel: bool = True, percentile: float = 99.999, batch_size: int = 32) -> Path:
-    """Symmetric INT8 Q/DQ copy of ``src`` calibrated on ``calib`` (N, C, H, W float32 in [0,1])."""
+                  per_channel: bool = True, percentile: float = 99.999, batch_size: int = 32,
+                  activations: str = "int8-symmetric") -> Path:
+    """INT8 Q/DQ copy of ``src`` calibrated on ``calib`` (N, C, H, W float32 in [0,1]).
+
+    Weights: int8 symmetric (per channel by default). Activations: int8 symmetric (zero point 0,
+    TensorRT-compatible, the default) or ``uint8-asymmetric`` (ONNX Runtime CPU only).
+    """
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
                                           quantize_static)
 
     dst = Path(dst)
     if method not in CALIBRATION_METHODS:
         raise UserError(f"unknown calibration method '{method}' (use {', '.join(CALIBRATION_METHODS)})")
+    if activations not in ACTIVATION_SCHEMES:
+        raise UserError(f"unknown activation scheme '{activations}' (use {', '.join(ACTIVATION_SCHEMES)})")
+    symmetric = activations == "int8-symmetric"
     info = io_info(src)
     calib = check_calibration(calib, info["input_chw"])
     cm = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
           "percentile": CalibrationMethod.Percentile}[method]
-    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+    extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": False}
     if method == "percentile":
         extra["CalibPercentile"] = float(percentile)
     reader = ArrayCalibrationReader(str(info["input_names"][0]), calib, batch_size)
@@ -129,7 +144,8 @@ def quantize_int8(src: str | Path, dst: str | Path, calib: Optional[np.ndarray],
         qlog.setLevel(logging.ERROR)  # ORT's "consider pre-processing" and calibration chatter
         try:
             quantize_static(str(source), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=cm,
+                            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=cm,
                             extra_options=extra)
         except Exception as e:
             raise UserError(f"INT8 quantization of {Path(src).name} failed: {str(e).splitlines()[0]}") from None
@@ -189,4 +205,4 @@ def qdq_summary(path: str | Path) -> Dict[str, Any]:
 
 
 __all__ = ["to_fp16", "quantize_int8", "qdq_summary", "check_calibration", "ArrayCalibrationReader",
-           "CALIBRATION_METHODS"]
+           "CALIBRATION_METHODS", "ACTIVATION_SCHEMES"]

@@ -57,6 +57,7 @@ class ASA(nn.Module):
         self.step, self.momentum, self.warmup, self.conf = float(step), float(momentum), float(warmup), float(conf)
         self.eps = 0.0  # nominal radius, set in setup
         self.register_buffer("eps_mem", torch.zeros(0))
+        self.register_buffer("visited", torch.zeros(0, dtype=torch.bool), persistent=False)  # for statistics
         self._pending: List[tuple] = []
         self._stats = {"good": 0.0, "seen": 0.0}
 
@@ -71,6 +72,7 @@ class ASA(nn.Module):
             self.eps_mem = torch.full((num_train,), self.eps_init * self.eps, device=device)
         elif device is not None:
             self.eps_mem = self.eps_mem.to(device)
+        self.visited = torch.zeros(num_train, dtype=torch.bool, device=self.eps_mem.device)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Resize the memory to the saved one before copying (it is created at setup with num_train).
@@ -101,8 +103,10 @@ class ASA(nn.Module):
             p = F.softmax(t.float(), dim=1)
             p_y = p.gather(1, y.view(-1, 1)).squeeze(1)
             good &= (p.argmax(1) == y) & (p_y >= self.conf)
-        self._stats["good"] += float(good.sum())
-        self._stats["seen"] += float(good.numel())
+        self._stats["good"] += good.sum()  # tensors: no device sync per step
+        self._stats["seen"] += good.numel()
+        if self.visited.numel() == self.eps_mem.numel():
+            self.visited[idx.to(self.visited.device)] = True
         if self.ramp(epoch, epochs) < 1.0:
             return good
         dev = self.eps_mem.device
@@ -143,13 +147,15 @@ class ASA(nn.Module):
             self.eps_mem[all_idx[r][:k]] = all_val[r][:k]
 
     def epoch_stats(self) -> Dict[str, float]:
-        """Radius statistics in units of eps, and the share of visits judged 'good'; resets counters."""
+        """Radius statistics (units of eps, over visited samples) and the share of 'good' visits; resets counters."""
         mem = self.eps_mem / max(self.eps, 1e-12)
+        if self.visited.numel() == mem.numel() and bool(self.visited.any()):
+            mem = mem[self.visited]
         out = {
             "asa_eps_mean": float(mem.mean()) if mem.numel() else 0.0,
             "asa_at_min": float((mem <= self.eps_min + 1e-6).float().mean()) if mem.numel() else 0.0,
             "asa_at_max": float((mem >= self.eps_max - 1e-6).float().mean()) if mem.numel() else 0.0,
-            "asa_good": self._stats["good"] / max(self._stats["seen"], 1.0),
+            "asa_good": float(self._stats["good"]) / max(float(self._stats["seen"]), 1.0),
         }
         self._stats = {"good": 0.0, "seen": 0.0}
         return out

@@ -139,8 +139,11 @@ class MIM(nn.Module):
     def build(self, pairs: Sequence[Tuple[str, str]], s_shapes: Dict[str, Tuple[int, ...]],
               t_shapes: Dict[str, Tuple[int, ...]]) -> None:
         """Create heads / attention sizes from per-sample feature shapes (``HEAD`` -> (D,), stage -> (C, H, W))."""
-        self.pairs = list(pairs)
-        self.att_sizes = [min(s_shapes[s][-1], t_shapes[t][-1]) for s, t in self.pairs]
+        sized = [((s, t), min(s_shapes[s][-1], t_shapes[t][-1])) for s, t in pairs]
+        if any(size < 2 for _, size in sized):  # a 1x1 map normalises to the constant 1: no signal
+            self._note(f"attention pairs with a 1x1 map dropped: {[p for p, size in sized if size < 2]}")
+        self.pairs = [p for p, size in sized if size >= 2]
+        self.att_sizes = [size for _, size in sized if size >= 2]
         if self.w_feat > 0 and HEAD in s_shapes and HEAD in t_shapes:
             self.proj_s = _head(self.head_kind, s_shapes[HEAD][0], self.dim)
             self.proj_t = _head(self.head_kind, t_shapes[HEAD][0], self.dim)

@@ -133,8 +133,10 @@ def _train(student, method, bundle, cfg: TrainConfig, teacher, card_base, arch, 
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.milestone_epochs(), gamma=cfg.gamma)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
 
+    # What a resumed run must share with the saved one (the world size may change: batches are global).
     identity = {"method": method.name, "architecture": arch, "dataset": bundle.name,
-                "teacher_architecture": teacher_arch, "world_size": info.world_size}
+                "teacher_architecture": teacher_arch,
+                "teacher_sha256": card_base.get("provenance", {}).get("teacher_sha256")}
     history: List[Dict[str, Any]] = []
     start_epoch = 0
     if state_path is not None:
@@ -222,7 +224,7 @@ def _train(student, method, bundle, cfg: TrainConfig, teacher, card_base, arch, 
         if info.is_main:
             save_run_state(out / STATE_FILE, model=student, method=method, optimizer=opt, scheduler=sched,
                            scaler=scaler, next_epoch=epoch + 1, config=cfg.to_dict(), history=history,
-                           identity=identity)
+                           identity={**identity, "world_size": info.world_size})
             write_metrics(out, history)
             if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
                 save_model(student, out / "checkpoints" / f"epoch_{epoch + 1:03d}.pt",

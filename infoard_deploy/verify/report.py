@@ -156,6 +156,11 @@ HEADER = ["model", "precision", "runtime", "clean %", "robust %", "drop (pts)", 
           "min top-1 agree %", "max abs logit delta", "broken only by Square"]
 
 
+def _md(text: Any) -> str:
+    """A Markdown table cell: pipes escaped so a message like 'max |delta|' keeps the table intact."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def to_markdown(rep: Dict[str, Any]) -> str:
     c = rep["config"]
     lines = [f"# Deployment robustness verification: {'PASSED' if rep['passed'] else 'FAILED'}", "",
@@ -163,16 +168,16 @@ def to_markdown(rep: Dict[str, Any]) -> str:
              f"eps = {c['eps']:.6g} (L-inf), n = {c['n']}, attacks: {', '.join(c['attacks']) or 'none'}"
              f" + Square ({c['square_queries']} queries), seed {c['seed']}, data {c.get('data', '?')}", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(r) + " |" for r in _rows(rep)]
+    lines += ["| " + " | ".join(_md(v) for v in r) + " |" for r in _rows(rep)]
     lines += ["", "## Gates", "", "| artifact | gate | result | value | bound | detail |", "|---|---|---|---|---|---|"]
-    lines += [f"| {g['artifact']} | {g['gate']} | {'pass' if g['passed'] else '**FAIL**'} | {g['value']:.4g} | "
-              f"{g['bound']:.4g} | {g['message']} |" for g in rep["gates"]]
+    lines += [f"| {_md(g['artifact'])} | {g['gate']} | {'pass' if g['passed'] else '**FAIL**'} | {g['value']:.4g} | "
+              f"{g['bound']:.4g} | {_md(g['message'])} |" for g in rep["gates"]]
     lines += ["", "## Checks", "", "| check | model | status | detail |", "|---|---|---|---|"]
-    lines += [f"| {k['name']} | {k['target']} | {k['status']} | {k['message']} |" for k in rep["checks"]]
+    lines += [f"| {k['name']} | {_md(k['target'])} | {k['status']} | {_md(k['message'])} |" for k in rep["checks"]]
     lines += ["", "## Cascade (robust accuracy % after each stage)", "",
               "| model | " + " | ".join(c["stages"]) + " |", "|---|" + "---|" * len(c["stages"])]
     for m in [rep["reference"], *rep["artifacts"]]:
-        lines.append(f"| {m['name']} | " + " | ".join(f"{m['cascade_acc'][s]:.2f}" for s in c["stages"]) + " |")
+        lines.append(f"| {_md(m['name'])} | " + " | ".join(f"{m['cascade_acc'][s]:.2f}" for s in c["stages"]) + " |")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in PLOTS] + [""]
     return "\n".join(lines)
 

@@ -195,6 +195,7 @@ def verify_robustness(reference: nn.Module, artifacts: Sequence[Tuple[str, Runti
                 hit = rows[wrong & (bk[k][rows] == ROBUST)]
                 bk[k][hit] = stage
 
+            # 1. clean: identical cached inputs to every model (parity set "clean")
             t0 = time.perf_counter()
             ref_clean = _logits(reference, x)
             everyone = torch.arange(len(x), device=device)
@@ -205,6 +206,7 @@ def verify_robustness(reference: nn.Module, artifacts: Sequence[Tuple[str, Runti
                 mark(k, everyone, out.argmax(1) != y, 0)
             seconds["replay"] += time.perf_counter() - t0
 
+            # 2. transfer: craft once on the reference for samples still robust for anyone, replay on all
             for s, (aname, atk) in enumerate(white, start=1):
                 _reseed(atk, cfg.seed + b)
                 active = torch.stack([v == ROBUST for v in bk]).any(0).nonzero().flatten()
@@ -223,6 +225,7 @@ def verify_robustness(reference: nn.Module, artifacts: Sequence[Tuple[str, Runti
                     mark(k, active, out.argmax(1) != ys, s)
                 seconds["replay"] += time.perf_counter() - t0
 
+            # 3. query: Square against each model itself, from the samples still robust for that model
             if cfg.square_queries > 0:
                 for k, m in enumerate(mods):
                     rows = (bk[k] == ROBUST).nonzero().flatten()
@@ -241,6 +244,7 @@ def verify_robustness(reference: nn.Module, artifacts: Sequence[Tuple[str, Runti
                     seconds["query"] += dt
                     results[k].seconds["square"] = results[k].seconds.get("square", 0.0) + dt
 
+            # 4. eps sweep: transfer PGD at eps * m on the whole batch (not part of the cascade)
             for mult, atk in sweep:
                 _reseed(atk, cfg.seed + b)
                 t0 = time.perf_counter()
