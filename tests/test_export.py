@@ -6,7 +6,6 @@ inspect those artifacts. Bad-input tests check: one line, non-zero exit, nothing
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 

@@ -147,3 +147,32 @@ def test_losses_golden():
     a_s = F.normalize(F.avg_pool2d(fs.pow(2).mean(1, keepdim=True), 2).flatten(1), dim=1)
     a_t = F.normalize(ft.pow(2).mean(1).flatten(1), dim=1)
     assert loss.item() == pytest.approx(2.0 * (a_s - a_t).pow(2).mean().item(), rel=1e-5)
+
+
+def test_onnx_teacher_degrades(tmp_path, caplog):
+    """An ONNX teacher converted by onnx2torch keeps its card's architecture name but none of its module
+    names: the attention level is switched off with a note and the feature level uses its logits."""
+    onnx2torch = pytest.importorskip("onnx2torch")
+    torch.manual_seed(0)
+    student = build_model("cnn-mnist-small", 10, 1, 16, [0.5], [0.5])
+    teacher = build_model("cnn-mnist", 10, 1, 16, [0.5], [0.5]).eval()
+    path = tmp_path / "teacher.onnx"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(teacher, torch.rand(2, 1, 16, 16), str(path), input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "b"}}, dynamo=False, opset_version=17)
+    graph = onnx2torch.convert(str(path)).eval()
+    mim = MIM(levels=2)
+    with caplog.at_level("WARNING"):
+        mim.setup(student, graph, "cnn-mnist-small", "cnn-mnist", [1, 16, 16], 10)
+    assert mim.pairs == [] and mim.teacher_feat_from_logits
+    assert any("no hookable classifier" in n for n in mim.notes) and any("attention level off" in n for n in mim.notes)
+    assert "MIM:" in caplog.text
+    x = torch.rand(4, 1, 16, 16)
+    with mim.s_tap.capture() as sf:
+        student(x)
+    loss, logs = mim.loss(sf, {}, t_logits=graph(x).detach())
+    assert torch.isfinite(loss) and "mim_nce" in logs
+    mim.remove_hooks()
