@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from .commands._common import console
+from .commands._common import err_console as console  # progress on stderr: stdout stays clean for --json
 from .errors import GateFailure, UserError
 from .recipe import Recipe, dump_recipe
 from .utils import write_json_atomic, write_text_atomic

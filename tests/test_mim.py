@@ -150,27 +150,31 @@ def test_losses_golden():
 
 
 def test_onnx_teacher_degrades(tmp_path, caplog):
-    """An ONNX teacher converted by onnx2torch keeps its card's architecture name but none of its module
-    names: the attention level is switched off with a note and the feature level uses its logits."""
-    onnx2torch = pytest.importorskip("onnx2torch")
+    """An ONNX teacher (exported, then loaded through onnx2torch as the CLI does) keeps its card's
+    architecture name but none of its module names: the attention level is switched off with a note and
+    the feature level uses its logits."""
+    pytest.importorskip("onnx2torch")
+    import warnings
+
+    from infoard_deploy.checkpoint import load_model
+
     torch.manual_seed(0)
     student = build_model("cnn-mnist-small", 10, 1, 16, [0.5], [0.5])
     teacher = build_model("cnn-mnist", 10, 1, 16, [0.5], [0.5]).eval()
     path = tmp_path / "teacher.onnx"
-    import warnings
-
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but converts cleanly here
         warnings.simplefilter("ignore")
-        torch.onnx.export(teacher, torch.rand(2, 1, 16, 16), str(path), input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "b"}}, dynamo=False, opset_version=17)
-    graph = onnx2torch.convert(str(path)).eval()
+        torch.onnx.export(teacher, torch.rand(2, 1, 16, 16), str(path), dynamo=False, opset_version=17,
+                          keep_initializers_as_inputs=True, input_names=["x"], dynamic_axes={"x": {0: "b"}})
+    graph, _ = load_model(path, arch="cnn-mnist", num_classes=10, input_shape=[1, 16, 16], mean=[0.0], std=[1.0])
+    x = torch.rand(4, 1, 16, 16)
+    assert torch.allclose(graph(x), teacher(x), atol=1e-5)
     mim = MIM(levels=2)
     with caplog.at_level("WARNING"):
         mim.setup(student, graph, "cnn-mnist-small", "cnn-mnist", [1, 16, 16], 10)
     assert mim.pairs == [] and mim.teacher_feat_from_logits
     assert any("no hookable classifier" in n for n in mim.notes) and any("attention level off" in n for n in mim.notes)
     assert "MIM:" in caplog.text
-    x = torch.rand(4, 1, 16, 16)
     with mim.s_tap.capture() as sf:
         student(x)
     loss, logs = mim.loss(sf, {}, t_logits=graph(x).detach())

@@ -64,6 +64,12 @@ def rank_device(dev: torch.device, info: DistInfo) -> torch.device:
 
 def cleanup(info: DistInfo) -> None:
     if info.created and dist.is_initialized():
+        # All ranks leave together: a rank that tears gloo down while its peer is still inside a
+        # collective aborts the peer ("terminate called without an active exception").
+        try:
+            dist.barrier()
+        except Exception:  # a peer already died; the launcher reports it
+            pass
         dist.destroy_process_group()
 
 

@@ -1,0 +1,144 @@
+"""Distillation benchmark: every method and the ASA / MIM ablations, same teacher, student, epochs, seeds.
+
+For each config (``ard``, ``rslad``, ``iad``, ``adaad``, ``infoard``, and ``<base>+asa`` / ``<base>+mim`` ablations)
+and each seed it trains the student with the real trainer (``infoard_deploy.train.train``; per-epoch validation on
+a split carved from the training data), then evaluates the **final-epoch** student on the same held-out test
+examples with the same attacks for every method (``infoard_deploy.evaluate.evaluate_model``: clean, PGD-20,
+CW-inf-30, AutoAttack cascade APGD-CE / APGD-T / FAB-T / Square). Runs go to a process pool with one torch thread
+per worker (tiny models run fastest that way on 2 cores). Writes ``<out>/results.json`` and ``<out>/results.md``
+(mean +- std over seeds, epoch time relative to ARD).
+
+    python benchmarks/distill_bench.py --teacher runs/bench/teacher-fmnist/teacher.pt --out runs/bench/distill
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CONFIGS = ["ard", "rslad", "iad", "adaad", "infoard", "ard+asa", "ard+mim", "rslad+asa", "rslad+mim"]
+
+
+def parse_config(cfg: str):
+    base, _, extra = cfg.partition("+")
+    asa = True if extra == "asa" else None
+    mim = True if extra == "mim" else None
+    return base, asa, mim
+
+
+def run_one(cfg: str, seed: int, a: dict) -> dict:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    from infoard_deploy.checkpoint import load_model
+    from infoard_deploy.data import BatchLoader, load_data
+    from infoard_deploy.evaluate import evaluate_model
+    from infoard_deploy.methods import build_method
+    from infoard_deploy.models import build_model
+    from infoard_deploy.train import TrainConfig, read_metrics, train
+
+    bundle = load_data(a["data"])
+    teacher, tcard = load_model(a["teacher"])
+    c, h, _ = bundle.input_shape
+    torch.manual_seed(seed)
+    student = build_model(a["student"], bundle.num_classes, c, h, bundle.mean, bundle.std)
+    base, asa, mim = parse_config(cfg)
+    method = build_method(base, asa=asa, mim=mim)
+    out = Path(a["out"]) / f"{cfg}-s{seed}"
+    tc = TrainConfig(epochs=a["epochs"], batch_size=a["batch_size"], lr=a["lr"], seed=seed, eps=a["eps"],
+                     train_limit=a["train_limit"], val_fraction=0.1, val_n=a["val_n"], out_dir=str(out), force=True,
+                     progress=False, device="cpu", track_train_acc=False)
+    t0 = time.perf_counter()
+    train(student, method, bundle, tc, teacher=teacher, card_base={"architecture": a["student"]},
+          teacher_arch=tcard.architecture)
+    train_s = time.perf_counter() - t0
+    metrics = read_metrics(out)
+    epoch_times = [float(m["epoch_time_s"]) for m in metrics if "epoch_time_s" in m]
+    student.eval()
+    idx = np.arange(a["test_n"])  # the same first test_n test examples for every run
+    loader = BatchLoader(bundle.test, idx, batch_size=250)
+    t1 = time.perf_counter()
+    res = evaluate_model(student, loader, a["eps"], ["clean", "pgd20", "cw", "aa"], n=a["test_n"],
+                         num_classes=bundle.num_classes, seed=0, device="cpu", progress=False,
+                         overrides={"square": {"n_queries": a["square_queries"]}}, architecture=a["student"],
+                         dataset=a["data"], split="test")
+    j = res.to_json(per_sample=False)
+    return {"config": cfg, "seed": seed, "clean": j["clean_acc"], "pgd20": j["robust_acc"]["pgd20"],
+            "cw": j["robust_acc"]["cw"], "aa": j.get("AA"), "train_s": round(train_s, 1),
+            "epoch_s": round(statistics.median(epoch_times), 2) if epoch_times else None,
+            "eval_s": round(time.perf_counter() - t1, 1), "val_robust_last": metrics[-1].get("val_robust")}
+
+
+def summarise(rows: list, configs: list) -> str:
+    def ms(vals):
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            return "-"
+        return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else f"{vals[0]:.2f}"
+
+    ard_epoch = [r["epoch_s"] for r in rows if r["config"] == "ard" and r["epoch_s"]]
+    ard_t = statistics.mean(ard_epoch) if ard_epoch else None
+    lines = ["| config | seeds | clean | PGD-20 | CW-inf | AutoAttack | epoch s | x ARD epoch |", "|---|---|---|---|---|---|---|---|"]
+    for cfg in configs:
+        rs = [r for r in rows if r["config"] == cfg]
+        if not rs:
+            continue
+        et = [r["epoch_s"] for r in rs if r["epoch_s"]]
+        ratio = f"{statistics.mean(et) / ard_t:.2f}" if et and ard_t else "-"
+        lines.append(f"| {cfg} | {len(rs)} | {ms([r['clean'] for r in rs])} | {ms([r['pgd20'] for r in rs])} | "
+                     f"{ms([r['cw'] for r in rs])} | {ms([r['aa'] for r in rs])} | "
+                     f"{statistics.mean(et):.1f} | {ratio} |" if et else f"| {cfg} | {len(rs)} | ... |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--student", default="cnn-mnist-small")
+    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--eps", type=float, default=0.1)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--train-limit", type=int, default=10000)
+    ap.add_argument("--val-n", type=int, default=200)
+    ap.add_argument("--test-n", type=int, default=500)
+    ap.add_argument("--square-queries", type=int, default=5000)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", default="runs/bench/distill")
+    a = vars(ap.parse_args())
+    configs = a["configs"].split(",")
+    seeds = [int(s) for s in a["seeds"].split(",")]
+    Path(a["out"]).mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rows = []
+    jobs = [(c, s) for s in seeds for c in configs]
+    with ProcessPoolExecutor(max_workers=a["workers"]) as pool:
+        futs = {pool.submit(run_one, c, s, a): (c, s) for c, s in jobs}
+        for f in as_completed(futs):
+            r = f.result()
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+            (Path(a["out"]) / "results.json").write_text(json.dumps({"args": a, "rows": rows}, indent=2))
+    total = time.perf_counter() - t0
+    table = summarise(rows, configs)
+    (Path(a["out"]) / "results.json").write_text(json.dumps({"args": a, "rows": rows, "total_s": total}, indent=2))
+    (Path(a["out"]) / "results.md").write_text(
+        f"Command: `python benchmarks/distill_bench.py {' '.join(sys.argv[1:])}`\n\nTotal wall time {total / 60:.1f} min "
+        f"({a['workers']} workers x 1 thread, {os.cpu_count()} cores).\n\n" + table)
+    print(table)
+    print(f"total {total / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
