@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -105,7 +104,8 @@ def distill(name: str, teacher, bundle, arch: str, teacher_arch: str, train_idx:
                 break
             x, y, idx = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True), idx.to(dev, non_blocking=True)
             student.train()
-            ctx = StepContext(epoch=ep, epochs=epochs, eps=eps, num_classes=bundle.num_classes, step=step, generator=gen)
+            ctx = StepContext(epoch=ep, epochs=epochs, eps=eps, num_classes=bundle.num_classes, step=step,
+                              generator=gen)
             out = method(student, teacher, x, y, idx, ctx)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -273,7 +273,8 @@ def main(argv=None) -> None:
         results["teacher"] = evaluate(teacher, bundle, a.eps, dev, a.test_n)
         print("teacher", json.dumps(results["teacher"]), flush=True)
     if a.time:
-        results["ms_per_step"] = {k: 1000 * v for k, v in time_steps(a.time, teacher, bundle, a, dev, train_idx).items()}
+        timed = time_steps(a.time, teacher, bundle, a, dev, train_idx)
+        results["ms_per_step"] = {k: 1000 * v for k, v in timed.items()}
     if a.parallel > 0:
         if not a.teacher:
             raise SystemExit("--parallel needs --teacher PATH (the runs share the teacher through it)")

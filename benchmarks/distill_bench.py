@@ -116,13 +116,24 @@ def main() -> None:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="runs/bench/distill")
+    ap.add_argument("--summarise", action="store_true", help="only rebuild results.md from results.json")
     a = vars(ap.parse_args())
+    if a["summarise"]:
+        data = json.loads((Path(a["out"]) / "results.json").read_text())
+        table = summarise(data["rows"], data["args"]["configs"].split(","))
+        (Path(a["out"]) / "results.md").write_text(f"Arguments: `{json.dumps(data['args'])}`\n\n{len(data['rows'])} runs "
+                                                   f"completed.\n\n" + table)
+        print(table)
+        return
     configs = a["configs"].split(",")
     seeds = [int(s) for s in a["seeds"].split(",")]
     Path(a["out"]).mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     rows = []
-    jobs = [(c, s) for s in seeds for c in configs]
+    # seed-major, with the five methods before the ablations in every seed, so that a run cut short for time
+    # still holds whole seeds of the main comparison (the summary says how many seeds each row has)
+    main_first = [c for c in configs if "+" not in c] + [c for c in configs if "+" in c]
+    jobs = [(c, s) for s in seeds for c in main_first]
     with ProcessPoolExecutor(max_workers=a["workers"]) as pool:
         futs = {pool.submit(run_one, c, s, a): (c, s) for c, s in jobs}
         for f in as_completed(futs):

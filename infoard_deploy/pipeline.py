@@ -111,6 +111,8 @@ class Pipeline:
                  "--batch-size", str(e.batch_size), "--seed", str(r.seed), "--split", e.split, *self._eps_args(), "--json"]
             if e.n:
                 a += ["--n", str(e.n)]
+            if e.square_queries:
+                a += ["--square-queries", str(e.square_queries)]
             return a
         if stage == "export":
             x = r.export

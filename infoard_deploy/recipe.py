@@ -56,6 +56,7 @@ class EvaluateSection:
     n: Optional[int] = 1000
     batch_size: int = 256
     split: str = "test"
+    square_queries: Optional[int] = None  # None: AutoAttack standard (5000)
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,8 @@ def _batch(seed: int = 1):
 
 
 def _ctx(epoch=1, epochs=2, seed=7):
-    return StepContext(epoch=epoch, epochs=epochs, eps=EPS, num_classes=10, generator=torch.Generator().manual_seed(seed))
+    return StepContext(epoch=epoch, epochs=epochs, eps=EPS, num_classes=10,
+                       generator=torch.Generator().manual_seed(seed))
 
 
 def _setup(m, s, t, num_train=64):
@@ -203,9 +204,12 @@ def test_adaad_golden():
 
 
 def test_infoard_is_rslad_plus_terms():
-    """With ASA and MIM off InfoARD is exactly its base; MIM adds its logged terms on top."""
+    """With ASA and MIM off InfoARD is exactly its base (RSLAD with the per-sample KL); MIM adds its logged
+    terms on top."""
     a, *_ = _run("infoard", asa=False, mim=False)
-    b, *_ = _run("rslad")
+    b, *_ = _run("rslad", kl_reduction="batchmean")
+    assert method_options("infoard")["kl_reduction"] == "batchmean"
+    assert method_options("rslad")["kl_reduction"] == "mean"
     assert a.loss.item() == pytest.approx(b.loss.item(), rel=1e-6)
     c, *_ = _run("infoard", asa=False)
     mo = method_options("infoard")

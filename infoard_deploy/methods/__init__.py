@@ -33,7 +33,7 @@ METHODS.register("rslad", RSLAD, about="RSLAD (Zi et al. ICCV 2021): robust soft
 METHODS.register("iad", IAD, about="IAD-I (Zhu et al. ICLR 2022): ARD + teacher-trust-weighted introspection")
 METHODS.register("adaad", AdaAD, about="AdaAD (Huang et al. CVPR 2023): teacher-in-the-loop attack, KL(T(x')||S(x'))")
 METHODS.register("infoard", InfoARD,
-                 about="InfoARD (Cai et al. TIP 2025, our design): RSLAD base + ASA + MIM (feature InfoNCE + attention)")
+                 about="InfoARD (Cai et al. TIP 2025, our design): RSLAD base + ASA + MIM (InfoNCE + attention)")
 
 _CHOICES = {"init": ("uniform", "normal", "zero"), "kl_reduction": ("mean", "batchmean", "sum"),
             "mim_att_mode": ("mse", "nce"), "mim_teacher_input": ("clean", "adv"), "mim_head": ("linear", "mlp"),

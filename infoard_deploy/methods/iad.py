@@ -26,7 +26,8 @@ from .base import AdversarialDistillation, Schedule, StepContext, StepOutput
 from .kl import kl_logits, kl_to_probs
 
 
-def weighted_kl_reduce(per_sample: torch.Tensor, weight: torch.Tensor, reduction: str, num_classes: int) -> torch.Tensor:
+def weighted_kl_reduce(per_sample: torch.Tensor, weight: torch.Tensor, reduction: str,
+                       num_classes: int) -> torch.Tensor:
     """Reduce per-sample KLs (B,) x weights like :mod:`.kl` reduces unweighted ones."""
     s = (per_sample * weight).sum()
     if reduction == "sum":

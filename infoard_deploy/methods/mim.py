@@ -85,7 +85,8 @@ class MIM(nn.Module):
             raise ValueError(f"mim_head must be linear or mlp, got '{head}'")
         if tau <= 0 or dim < 1 or levels < 0 or feat < 0 or att < 0:
             raise ValueError("MIM needs tau > 0, dim >= 1, levels >= 0 and non-negative weights")
-        self.w_feat, self.w_att, self.levels, self.tau, self.dim = float(feat), float(att), int(levels), float(tau), int(dim)
+        self.w_feat, self.w_att, self.levels = float(feat), float(att), int(levels)
+        self.tau, self.dim = float(tau), int(dim)
         self.att_mode, self.teacher_input, self.head_kind = att_mode, teacher_input, head
         self.pairs: List[Tuple[str, str]] = []
         self.att_sizes: List[int] = []
