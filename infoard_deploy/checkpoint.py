@@ -196,6 +196,33 @@ def _guess_card(sd: Dict[str, torch.Tensor], over: Dict[str, Any], path: Path) -
                                 "mean": mean, "std": std}, source=f"flags for {path.name}")
 
 
+def _compat_for_onnx2torch(proto):
+    """Make graphs from current exporters digestible for onnx2torch 1.5, which stops at opset 17.
+
+    torch's dynamo exporter writes opset 18 (``ReduceMean`` with axes as an input, ``Reshape`` with
+    ``allowzero=1``); the ONNX version converter rewrites those ops to their opset-17 forms. ``allowzero``
+    only matters for a literal 0 in the target shape, which flatten-style reshapes never contain.
+    """
+    import onnx
+    from onnx import version_converter
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
+    if opset > 17:
+        try:
+            proto = version_converter.convert_version(proto, 17)
+        except Exception:  # leave it; onnx2torch's own error names the operator it lacks
+            return proto
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Reshape":
+            shape = consts.get(node.input[1]) if len(node.input) > 1 else None
+            if shape is not None and 0 not in shape.tolist():
+                keep = [a for a in node.attribute if a.name != "allowzero"]
+                del node.attribute[:]
+                node.attribute.extend(keep)
+    return proto
+
+
 def _load_graph_model(path: Path) -> nn.Module:
     if path.suffix.lower() == ".onnx":
         try:
@@ -207,6 +234,7 @@ def _load_graph_model(path: Path) -> nn.Module:
             proto = onnx.load(str(path))
         except Exception as e:
             raise UserError(f"{path.name} is not a readable ONNX model: {str(e).splitlines()[0]}") from None
+        proto = _compat_for_onnx2torch(proto)
         try:
             net = convert(proto)
         except Exception as e:

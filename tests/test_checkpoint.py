@@ -170,3 +170,23 @@ def test_missing_architecture_without_card(tmp_path, ref):
     torch.save(ref.net.state_dict(), p)
     with pytest.raises(UserError, match="--arch"):
         load_model(p)
+
+
+def test_own_dynamo_onnx_export_loads_back_as_differentiable_teacher(tmp_path):
+    """Graphs from torch's dynamo exporter (opset 18: ReduceMean axes input, Reshape allowzero) are
+    rewritten for onnx2torch, so a student exported by this toolkit can serve as an ONNX teacher."""
+    import torch
+
+    from infoard_deploy.checkpoint import load_model
+    from infoard_deploy.export.onnx import export_onnx
+    from infoard_deploy.models import build_model
+
+    torch.manual_seed(0)
+    m = build_model("cnn-mnist-small", 10, 1, 28, [0.5], [0.25]).eval()
+    p = export_onnx(m, tmp_path / "t.onnx", (1, 28, 28))
+    t, card = load_model(p, num_classes=10, input_shape=[1, 28, 28], mean=[0.0], std=[1.0])
+    x = torch.rand(3, 1, 28, 28, requires_grad=True)
+    out = t(x)
+    assert torch.allclose(out, m(x), atol=1e-5)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
