@@ -66,6 +66,11 @@ def build_markdown(pipe) -> str:
             for row in rows:
                 cols += [c for c, v in row.items() if c not in cols and not isinstance(v, (dict, list))]
             lines += [_table(rows, cols[:12]), ""]
+        for k in ("robust_acc", "parity"):  # flat {name: number} maps, e.g. robust accuracy per attack
+            v = res.get(k)
+            if isinstance(v, dict) and v and all(isinstance(x, (int, float)) for x in v.values()):
+                lines += [f"**{k.replace('_', ' ')}**", "", _table([{"name": n, "value": x} for n, x in v.items()],
+                                                                    ["name", "value"]), ""]
         scal = _scalars(res)
         if scal:
             lines += [_table(scal, ["field", "value"]), ""]
