@@ -12,14 +12,6 @@ from infoard_deploy.methods.asa import ASA
 EPS = 0.1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _logits(classes, conf):
     """(B, 10) logits whose argmax is ``classes[i]`` with softmax probability ``conf[i]`` there."""

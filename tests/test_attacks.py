@@ -19,14 +19,6 @@ FAST = {"pgd20": {"steps": 5}, "cw": {"steps": 5}, "apgd-ce": {"steps": 5}, "apg
 FAST["aa"] = {k.replace("-", "_"): v for k, v in FAST.items() if k in ("apgd-ce", "apgd-t", "fab-t", "square")}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny CNNs are dominated by OpenMP barriers; one thread is much faster on a shared 2-core box.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def toy():

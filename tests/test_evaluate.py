@@ -22,14 +22,6 @@ SMALL_AA = {"apgd-t": {"steps": 30, "n_target_classes": 3}, "fab-t": {"steps": 2
             "square": {"n_queries": 100}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny CNNs are dominated by OpenMP barriers; one thread is much faster on a shared 2-core box.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="session")
 def digits():

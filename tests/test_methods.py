@@ -26,14 +26,6 @@ pytestmark = [pytest.mark.filterwarnings("ignore:reduction. 'mean' divides:UserW
               pytest.mark.filterwarnings("ignore:size_average and reduce args:UserWarning")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _models(seed: int = 0):
     torch.manual_seed(seed)

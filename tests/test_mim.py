@@ -15,14 +15,6 @@ from infoard_deploy.models import MODELS, build_model, head_name, stage_names
 SIZE = 8  # the smallest input every registered architecture accepts
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _build(arch: str, channels: int = 1):
     torch.manual_seed(0)
