@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -27,10 +28,13 @@ CONFIGS = ["ard", "rslad", "iad", "adaad", "infoard", "ard+asa", "ard+mim", "rsl
 
 
 def parse_config(cfg: str):
-    base, _, extra = cfg.partition("+")
-    asa = True if extra == "asa" else None
-    mim = True if extra == "mim" else None
-    return base, asa, mim
+    """``rslad+asa`` adds a component to a base method, ``infoard-asa-mim`` removes them (None: the method's own);
+    an ``@tag`` suffix names a variant whose options come from ``--set tag:key=value``."""
+    base, *mods = re.split(r"(?=[+-](?:asa|mim)\b)", cfg.split("@")[0])
+    flags = {"asa": None, "mim": None}
+    for m in mods:
+        flags[m[1:]] = m[0] == "+"
+    return base, flags["asa"], flags["mim"]
 
 
 def run_one(cfg: str, seed: int, a: dict) -> dict:
@@ -51,7 +55,8 @@ def run_one(cfg: str, seed: int, a: dict) -> dict:
     torch.manual_seed(seed)
     student = build_model(a["student"], bundle.num_classes, c, h, bundle.mean, bundle.std)
     base, asa, mim = parse_config(cfg)
-    method = build_method(base, asa=asa, mim=mim)
+    tag = cfg.partition("@")[2]
+    method = build_method(base, asa=asa, mim=mim, **a["variant_opts"].get(tag, {}))
     out = Path(a["out"]) / f"{cfg}-s{seed}"
     tc = TrainConfig(epochs=a["epochs"], batch_size=a["batch_size"], lr=a["lr"], seed=seed, eps=a["eps"],
                      train_limit=a["train_limit"], val_fraction=0.1, val_n=a["val_n"], out_dir=str(out), force=True,
@@ -62,6 +67,11 @@ def run_one(cfg: str, seed: int, a: dict) -> dict:
     train_s = time.perf_counter() - t0
     metrics = read_metrics(out)
     epoch_times = [float(m["epoch_time_s"]) for m in metrics if "epoch_time_s" in m]
+    row = {"config": cfg, "seed": seed, "train_s": round(train_s, 1),
+           "epoch_s": round(statistics.median(epoch_times), 2) if epoch_times else None,
+           "val_clean_last": metrics[-1].get("val_clean"), "val_robust_last": metrics[-1].get("val_robust")}
+    if a["val_only"]:  # screening variants: the validation split only, the test set stays untouched
+        return row
     student.eval()
     idx = np.arange(a["test_n"])  # the same first test_n test examples for every run
     loader = BatchLoader(bundle.test, idx, batch_size=250)
@@ -71,10 +81,8 @@ def run_one(cfg: str, seed: int, a: dict) -> dict:
                          overrides={"square": {"n_queries": a["square_queries"]}}, architecture=a["student"],
                          dataset=a["data"], split="test")
     j = res.to_json(per_sample=False)
-    return {"config": cfg, "seed": seed, "clean": j["clean_acc"], "pgd20": j["robust_acc"]["pgd20"],
-            "cw": j["robust_acc"]["cw"], "aa": j.get("AA"), "train_s": round(train_s, 1),
-            "epoch_s": round(statistics.median(epoch_times), 2) if epoch_times else None,
-            "eval_s": round(time.perf_counter() - t1, 1), "val_robust_last": metrics[-1].get("val_robust")}
+    return {**row, "clean": j["clean_acc"], "pgd20": j["robust_acc"]["pgd20"], "cw": j["robust_acc"]["cw"],
+            "aa": j.get("AA"), "eval_s": round(time.perf_counter() - t1, 1)}
 
 
 def summarise(rows: list, configs: list) -> str:
@@ -86,16 +94,20 @@ def summarise(rows: list, configs: list) -> str:
 
     ard_epoch = [r["epoch_s"] for r in rows if r["config"] == "ard" and r["epoch_s"]]
     ard_t = statistics.mean(ard_epoch) if ard_epoch else None
-    lines = ["| config | seeds | clean | PGD-20 | CW-inf | AutoAttack | epoch s | x ARD epoch |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| config | seeds | clean | PGD-20 | CW-inf | AutoAttack | val clean | val robust (PGD) | epoch s "
+             "| x ARD epoch |", "|---|---|---|---|---|---|---|---|---|---|"]
     for cfg in configs:
         rs = [r for r in rows if r["config"] == cfg]
         if not rs:
             continue
         et = [r["epoch_s"] for r in rs if r["epoch_s"]]
         ratio = f"{statistics.mean(et) / ard_t:.2f}" if et and ard_t else "-"
-        lines.append(f"| {cfg} | {len(rs)} | {ms([r['clean'] for r in rs])} | {ms([r['pgd20'] for r in rs])} | "
-                     f"{ms([r['cw'] for r in rs])} | {ms([r['aa'] for r in rs])} | "
-                     f"{statistics.mean(et):.1f} | {ratio} |" if et else f"| {cfg} | {len(rs)} | ... |")
+        col = {k: ms([r.get(k) for r in rs]) for k in ("clean", "pgd20", "cw", "aa")}
+        val = {k: ms([100 * r[k] if r.get(k) is not None else None for r in rs])
+               for k in ("val_clean_last", "val_robust_last")}
+        lines.append(f"| {cfg} | {len(rs)} | {col['clean']} | {col['pgd20']} | {col['cw']} | {col['aa']} | "
+                     f"{val['val_clean_last']} | {val['val_robust_last']} | "
+                     + (f"{statistics.mean(et):.1f} | {ratio} |" if et else "- | - |"))
     return "\n".join(lines) + "\n"
 
 
@@ -116,8 +128,17 @@ def main() -> None:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="runs/bench/distill")
+    ap.add_argument("--set", action="append", default=[], metavar="TAG:KEY=VALUE",
+                    help="method option for the configs named CONFIG@TAG (repeatable)")
+    ap.add_argument("--val-only", action="store_true",
+                    help="train and report validation accuracy only (for choosing variants without the test set)")
     ap.add_argument("--summarise", action="store_true", help="only rebuild results.md from results.json")
     a = vars(ap.parse_args())
+    a["variant_opts"] = {}
+    for item in a["set"]:
+        tag, _, kv = item.partition(":")
+        key, _, val = kv.partition("=")
+        a["variant_opts"].setdefault(tag, {})[key.strip()] = val.strip()
     if a["summarise"]:
         data = json.loads((Path(a["out"]) / "results.json").read_text())
         table = summarise(data["rows"], data["args"]["configs"].split(","))
@@ -131,9 +152,12 @@ def main() -> None:
     t0 = time.perf_counter()
     rows = []
     # seed-major, with the five methods before the ablations in every seed, so that a run cut short for time
-    # still holds whole seeds of the main comparison (the summary says how many seeds each row has)
-    main_first = [c for c in configs if "+" not in c] + [c for c in configs if "+" in c]
-    jobs = [(c, s) for s in seeds for c in main_first]
+    # still holds whole seeds of the main comparison (the summary says how many seeds each row has); within
+    # each group the slowest first (AdaAD's attack runs the teacher every step), which keeps the two workers
+    # evenly loaded at the end
+    slow_first = {"adaad": 0, "iad": 1, "infoard": 2}
+    order = sorted(configs, key=lambda c: (c != parse_config(c)[0], slow_first.get(c, 9)))
+    jobs = [(c, s) for s in seeds for c in order]
     with ProcessPoolExecutor(max_workers=a["workers"]) as pool:
         futs = {pool.submit(run_one, c, s, a): (c, s) for c, s in jobs}
         for f in as_completed(futs):

@@ -14,6 +14,9 @@ intra-op threads for both torch and ONNX Runtime, measurements interleaved over 
 ORT fp32 <= 0.6x torch eager latency, ORT INT8 <= 0.8x ORT fp32. ``--investigate`` also times session
 variants (threads, graph optimisation level, spinning, onnxslim, per-tensor weights, and the
 ``uint8-asymmetric`` activation option of ``quantize_int8`` -- NOT TensorRT-compatible, ONNX Runtime CPU only).
+"ORT int8" is what ``OrtRuntime`` runs: the stored symmetric int8 graph with its activations shifted to
+uint8 + 128 in memory (exact, :mod:`infoard_deploy.runtimes.ort_int8`); the variant "as stored" runs the
+file unchanged (what ONNX Runtime alone makes of it).
 
 Run:  .venv/bin/python benchmarks/latency.py [--quick] [--investigate] [--out benchmarks/results/latency.json]
 """
@@ -45,9 +48,10 @@ class SessionRuntime(Runtime):
 
     name = "onnxruntime"
 
-    def __init__(self, path, threads, level="all", spinning=True, precision="fp32"):
+    def __init__(self, path, threads, level="all", spinning=True, precision="fp32", shift=False, config=None):
         super().__init__(path=str(path), precision=precision)
-        self.threads, self.level, self.spinning = threads, level, spinning
+        self.threads, self.level, self.spinning, self.shift = threads, level, spinning, shift
+        self.config = dict(config or {})
 
     def _load(self):
         import onnxruntime as ort
@@ -58,7 +62,14 @@ class SessionRuntime(Runtime):
                                       "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
                                       "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[self.level]
         o.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
-        self.s = ort.InferenceSession(self.path, o, providers=["CPUExecutionProvider"])
+        for k, v in self.config.items():
+            o.add_session_config_entry(k, v)
+        src = self.path
+        if self.shift:
+            from infoard_deploy.runtimes.ort_int8 import int8_model_bytes_for_cpu
+
+            src = int8_model_bytes_for_cpu(self.path)[0]
+        self.s = ort.InferenceSession(src, o, providers=["CPUExecutionProvider"])
         self.i = self.s.get_inputs()[0].name
 
     def _run(self, x):
@@ -149,9 +160,12 @@ def investigate(name, model, fp32, shape, calib, args, work: Path):
         "ORT fp32 no spinning": (fp32, dict(threads=args.threads, spinning=False)),
         "ORT fp32 opt=basic": (fp32, dict(threads=args.threads, level="basic")),
         "ORT fp32 onnxslim": (slim, dict(threads=args.threads)),
-        "ORT int8 1 thread": (int8, dict(threads=1)),
-        "ORT int8 opt=extended": (int8, dict(threads=args.threads, level="extended")),
-        "ORT int8 per-tensor weights": (int8_pt, dict(threads=args.threads)),
+        "ORT int8 as stored (no uint8 shift)": (int8, dict(threads=args.threads)),
+        "ORT int8 as stored, S8S8 fusion forced (session.qdqisint8allowed=1)":
+            (int8, dict(threads=args.threads, config={"session.qdqisint8allowed": "1"})),
+        "ORT int8 1 thread": (int8, dict(threads=1, shift=True)),
+        "ORT int8 opt=extended": (int8, dict(threads=args.threads, level="extended", shift=True)),
+        "ORT int8 per-tensor weights": (int8_pt, dict(threads=args.threads, shift=True)),
         "ORT int8 uint8-asymmetric activations (not TRT)": (u8, dict(threads=args.threads)),
     }
     rts = {}

@@ -5,8 +5,24 @@ import os
 import time
 from typing import Any, Dict, List, Optional
 
+import typer
+
 from ..errors import UserError
 from ._common import STATE, console, emit_json, parse_eps
+
+# Options both training commands take, defined once so `distill` and `train-teacher` cannot drift apart.
+DATA_DIR = typer.Option(None, "--data-dir", help="where the dataset files are")
+DOWNLOAD = typer.Option(False, "--download", help="download the dataset if missing")
+SEED = typer.Option(0, "--seed")
+RESUME = typer.Option(False, "--resume", help="continue the run in --out from its state.pt")
+FORCE = typer.Option(False, "--force", help="start over, replacing a previous run in --out")
+TRAIN_LIMIT = typer.Option(None, "--train-limit", help="train on this many examples only")
+VAL_FRACTION = typer.Option(0.1, "--val-fraction", help="validation split carved from TRAIN data")
+VAL_N = typer.Option(1000, "--val-n", help="validation examples attacked each epoch")
+AMP = typer.Option("auto", "--amp", help="auto | off | bf16 | fp16 (CUDA only; auto = bf16 on CUDA)")
+CHANNELS_LAST = typer.Option(False, "--channels-last", help="channels_last memory format (CUDA)")
+SAVE_EVERY = typer.Option(0, "--save-every", help="also keep checkpoints/epoch_N.pt every N epochs")
+JSON_OUT = typer.Option(False, "--json", help="machine-readable result on stdout")
 
 
 def is_main_process() -> bool:

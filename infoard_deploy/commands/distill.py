@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Optional
 import typer
 
 from ._common import console, floats
-from ._training import is_main_process, load_bundle, make_config, parse_opts, report
+from ._training import (AMP, CHANNELS_LAST, DATA_DIR, DOWNLOAD, FORCE, JSON_OUT, RESUME, SAVE_EVERY, SEED,
+                        TRAIN_LIMIT, VAL_FRACTION, VAL_N, is_main_process, load_bundle, make_config, parse_opts, report)
 
 
 def load_teacher(path: str, bundle, arch: Optional[str], mean: Optional[List[float]], std: Optional[List[float]]):
@@ -155,24 +156,24 @@ def register(app: typer.Typer) -> None:
                                                    help="teacher input mean, e.g. 0.49,0.48,0.45"),
         teacher_std: Optional[str] = typer.Option(None, "--teacher-std", help="teacher input std"),
         data: str = typer.Option("cifar10", "--data", help="dataset (see `infoard-deploy list datasets`)"),
-        data_dir: Optional[str] = typer.Option(None, "--data-dir", help="where the dataset files are"),
-        download: bool = typer.Option(False, "--download", help="download the dataset if missing"),
+        data_dir: Optional[str] = DATA_DIR,
+        download: bool = DOWNLOAD,
         eps: Optional[str] = typer.Option(None, "--eps", help="L-inf radius, e.g. 8/255 (default: the dataset's)"),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="default: the method's schedule"),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="global batch (default: method's, 128)"),
         lr: Optional[float] = typer.Option(None, "--lr", help="SGD learning rate (default: method's)"),
         weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="default: method's"),
-        seed: int = typer.Option(0, "--seed"),
+        seed: int = SEED,
         out: Optional[str] = typer.Option(None, "--out", help="run folder (default runs/distill-DATA-STUDENT-METHOD)"),
-        resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its state.pt"),
-        force: bool = typer.Option(False, "--force", help="start over, replacing a previous run in --out"),
-        train_limit: Optional[int] = typer.Option(None, "--train-limit", help="train on this many examples only"),
-        val_fraction: float = typer.Option(0.1, "--val-fraction", help="validation split carved from TRAIN data"),
-        val_n: Optional[int] = typer.Option(1000, "--val-n", help="validation examples attacked each epoch"),
-        amp: str = typer.Option("auto", "--amp", help="auto | off | bf16 | fp16 (CUDA only; auto = bf16 on CUDA)"),
-        channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format (CUDA)"),
-        save_every: int = typer.Option(0, "--save-every", help="also keep checkpoints/epoch_N.pt every N epochs"),
-        json_out: bool = typer.Option(False, "--json", help="machine-readable result on stdout"),
+        resume: bool = RESUME,
+        force: bool = FORCE,
+        train_limit: Optional[int] = TRAIN_LIMIT,
+        val_fraction: float = VAL_FRACTION,
+        val_n: Optional[int] = VAL_N,
+        amp: str = AMP,
+        channels_last: bool = CHANNELS_LAST,
+        save_every: int = SAVE_EVERY,
+        json_out: bool = JSON_OUT,
     ) -> None:
         """Distil a robust student from a robust teacher (InfoARD, ARD, RSLAD, IAD, AdaAD)."""
         from ..models import MODELS, build_model

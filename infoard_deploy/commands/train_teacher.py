@@ -11,7 +11,8 @@ from typing import Optional
 
 import typer
 
-from ._training import is_main_process, load_bundle, make_config, report
+from ._training import (AMP, CHANNELS_LAST, DATA_DIR, DOWNLOAD, FORCE, JSON_OUT, RESUME, SAVE_EVERY, SEED,
+                        TRAIN_LIMIT, VAL_FRACTION, VAL_N, is_main_process, load_bundle, make_config, report)
 
 
 def register(app: typer.Typer) -> None:
@@ -19,8 +20,8 @@ def register(app: typer.Typer) -> None:
     def train_teacher(
         ctx: typer.Context,
         data: str = typer.Option("cifar10", "--data", help="dataset (see `infoard-deploy list datasets`)"),
-        data_dir: Optional[str] = typer.Option(None, "--data-dir", help="where the dataset files are"),
-        download: bool = typer.Option(False, "--download", help="download the dataset if missing"),
+        data_dir: Optional[str] = DATA_DIR,
+        download: bool = DOWNLOAD,
         arch: str = typer.Option("wrn-34-10", "--arch", help="teacher architecture (see `list architectures`)"),
         method: str = typer.Option("trades", "--method", help="pgd-at | trades"),
         eps: Optional[str] = typer.Option(None, "--eps", help="L-inf radius in [0,1] pixels, e.g. 8/255 "
@@ -33,17 +34,17 @@ def register(app: typer.Typer) -> None:
         attack_steps: Optional[int] = typer.Option(None, "--attack-steps", help="training PGD steps (default 10)"),
         step_frac: Optional[float] = typer.Option(None, "--step-frac", help="PGD step as a fraction of eps (0.25)"),
         beta: Optional[float] = typer.Option(None, "--beta", help="TRADES robustness weight (default 6)"),
-        seed: int = typer.Option(0, "--seed"),
+        seed: int = SEED,
         out: Optional[str] = typer.Option(None, "--out", help="run folder (default runs/teacher-DATA-ARCH-METHOD)"),
-        resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its state.pt"),
-        force: bool = typer.Option(False, "--force", help="start over, replacing a previous run in --out"),
-        train_limit: Optional[int] = typer.Option(None, "--train-limit", help="train on this many examples only"),
-        val_fraction: float = typer.Option(0.1, "--val-fraction", help="validation split carved from TRAIN data"),
-        val_n: Optional[int] = typer.Option(1000, "--val-n", help="validation examples attacked each epoch"),
-        amp: str = typer.Option("auto", "--amp", help="auto | off | bf16 | fp16 (CUDA only; auto = bf16 on CUDA)"),
-        channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format (CUDA)"),
-        save_every: int = typer.Option(0, "--save-every", help="also keep checkpoints/epoch_N.pt every N epochs"),
-        json_out: bool = typer.Option(False, "--json", help="machine-readable result on stdout"),
+        resume: bool = RESUME,
+        force: bool = FORCE,
+        train_limit: Optional[int] = TRAIN_LIMIT,
+        val_fraction: float = VAL_FRACTION,
+        val_n: Optional[int] = VAL_N,
+        amp: str = AMP,
+        channels_last: bool = CHANNELS_LAST,
+        save_every: int = SAVE_EVERY,
+        json_out: bool = JSON_OUT,
     ) -> None:
         """Adversarially train a robust teacher with PGD-AT (Madry 2018) or TRADES (Zhang 2019)."""
         from ..models import build_model

@@ -10,6 +10,9 @@
   into a torch CUDA tensor, so a query attack running on the GPU never copies through the host.
 * A graph whose input is float16 (an fp16 export without ``keep_io_types``) gets its inputs cast
   here, so callers always pass float32 in [0,1]; outputs are returned as float32 (N, K).
+* An INT8 graph on the CPU EP runs with its int8 activations shifted to uint8 (zero point + 128) and its
+  ReLU islands as lookup tables, exact rewrites that let ORT's x86 kernels fuse every Q/DQ group
+  (:mod:`.ort_int8`); the file on disk is untouched and ``cpu_int8_shift=False`` runs it as stored.
 """
 from __future__ import annotations
 
@@ -38,8 +41,12 @@ class OrtRuntime(Runtime):
     name = "onnxruntime"
 
     def __init__(self, path: str, providers: Optional[List[str]] = None, precision: str = "fp32",
-                 max_batch: int = 256, threads: int = 0, device: Optional[Union[str, torch.device]] = None):
+                 max_batch: int = 256, threads: int = 0, device: Optional[Union[str, torch.device]] = None,
+                 cpu_int8_shift: bool = True):
         super().__init__(path=path, precision=precision, max_batch=max_batch)
+        self.cpu_int8_shift = cpu_int8_shift
+        self.shifted_nodes = 0  # activation Q nodes moved to uint8 for the CPU EP (0: graph run as stored)
+        self.relu_lookups = 0  # DQ -> Relu -> Q islands run as exact lookup tables
         self.device_id = _cuda_index(device)
         self._explicit_providers = providers is not None
         self.providers = list(providers) if providers else None
@@ -76,7 +83,15 @@ class OrtRuntime(Runtime):
         provider_args = [("CUDAExecutionProvider", {"device_id": self.device_id or 0}) if p == "CUDAExecutionProvider"
                          else p for p in self.providers]
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=provider_args)
+            source = str(self.path)
+            self.shifted_nodes = self.relu_lookups = 0
+            if self.cpu_int8_shift and self.precision == "int8" and self.providers == ["CPUExecutionProvider"]:
+                from .ort_int8 import int8_model_bytes_for_cpu
+
+                rewritten, info = int8_model_bytes_for_cpu(source)
+                if info["shifted_q"]:
+                    source, self.shifted_nodes, self.relu_lookups = rewritten, info["shifted_q"], info["relu_lookup"]
+            self.session = ort.InferenceSession(source, sess_options=opts, providers=provider_args)
         except Exception as e:
             raise UserError(f"ONNX Runtime cannot open {self.path}: {str(e).splitlines()[0]}") from None
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
@@ -146,7 +161,9 @@ class OrtRuntime(Runtime):
 
     def describe(self) -> str:
         where = "cuda" if self.on_cuda else "cpu"
-        return f"{self.name}[{where}]:{self.precision}" + (f" ({self.path})" if self.path else "")
+        shift = (f" [int8 activations as uint8+128 at {self.shifted_nodes} Q nodes, {self.relu_lookups} ReLU "
+                 f"lookups]" if self.shifted_nodes else "")
+        return f"{self.name}[{where}]:{self.precision}" + (f" ({self.path})" if self.path else "") + shift
 
     @property
     def input_shape(self):
