@@ -112,6 +112,7 @@ def test_corrupted_int8_scale_is_caught(cli, deployed, tmp_path):
     assert not any(a == "student.int8.onnx" for a, _ in failed)  # the honest INT8 export passes
     good, bad = rep["artifacts"]
     assert good["precision"] == bad["precision"] == "int8"
+    assert good["runtime"] == "onnxruntime[cpu]:int8 (exact uint8 rewrite)"  # the report says how it ran
     # Across training seeds and thread counts the x8 scale cost 3-27 points and 5-19 flips at n=64;
     # the honest export lost nothing. Clean accuracy barely moves: only the robustness check sees it.
     assert bad["flips"]["robust_to_broken"]["count"] >= 2 and bad["robust_drop"] > 0

@@ -174,6 +174,8 @@ def verify_robustness(reference: nn.Module, artifacts: Sequence[Tuple[str, Runti
                 stack.enter_context(rt)
             mods.append(RuntimeModule(rt, device))
             label = rt.describe().split(" (")[0]  # e.g. onnxruntime[cpu]:int8 (the path has its own field)
+            if getattr(rt, "shifted_nodes", 0):  # say so when ORT CPU ran the exact uint8 form of the graph
+                label += " (exact uint8 rewrite)"
             results.append(ModelResult(name, "artifact", label, rt.precision, rt.path, np.zeros(0, np.int16),
                                        parity=ParityTable()))
         white = [(a, factory(a, reference, cfg.eps, num_classes=num_classes, seed=cfg.seed)) for a in cfg.attacks]
