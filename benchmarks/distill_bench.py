@@ -38,13 +38,11 @@ def parse_config(cfg: str):
 
 
 def run_one(cfg: str, seed: int, a: dict) -> dict:
-    import numpy as np
     import torch
 
     torch.set_num_threads(1)
     from infoard_deploy.checkpoint import load_model
-    from infoard_deploy.data import BatchLoader, load_data
-    from infoard_deploy.evaluate import evaluate_model
+    from infoard_deploy.data import load_data
     from infoard_deploy.methods import build_method
     from infoard_deploy.models import build_model
     from infoard_deploy.train import TrainConfig, read_metrics, train
@@ -72,17 +70,27 @@ def run_one(cfg: str, seed: int, a: dict) -> dict:
            "val_clean_last": metrics[-1].get("val_clean"), "val_robust_last": metrics[-1].get("val_robust")}
     if a["val_only"]:  # screening variants: the validation split only, the test set stays untouched
         return row
-    student.eval()
-    idx = np.arange(a["test_n"])  # the same first test_n test examples for every run
-    loader = BatchLoader(bundle.test, idx, batch_size=250)
-    t1 = time.perf_counter()
-    res = evaluate_model(student, loader, a["eps"], ["clean", "pgd20", "cw", "aa"], n=a["test_n"],
-                         num_classes=bundle.num_classes, seed=0, device="cpu", progress=False,
-                         overrides={"square": {"n_queries": a["square_queries"]}}, architecture=a["student"],
-                         dataset=a["data"], split="test")
+    res = evaluate_student(student, bundle, a)
+    (out / "eval.json").write_text(json.dumps(res.to_json(per_sample=True)))  # per-sample flags: paired_aa.py
     j = res.to_json(per_sample=False)
     return {**row, "clean": j["clean_acc"], "pgd20": j["robust_acc"]["pgd20"], "cw": j["robust_acc"]["cw"],
-            "aa": j.get("AA"), "eval_s": round(time.perf_counter() - t1, 1)}
+            "aa": j.get("AA"), "eval_s": round(res.seconds, 1)}
+
+
+def evaluate_student(student, bundle, a: dict):
+    """The benchmark's evaluation, identical for every run: the first ``test_n`` test images, seed 0, clean,
+    PGD-20, CW-inf-30 and the AutoAttack cascade with ``square_queries`` Square queries."""
+    import numpy as np
+
+    from infoard_deploy.data import BatchLoader
+    from infoard_deploy.evaluate import evaluate_model
+
+    student.eval()
+    loader = BatchLoader(bundle.test, np.arange(a["test_n"]), batch_size=250)
+    return evaluate_model(student, loader, a["eps"], ["clean", "pgd20", "cw", "aa"], n=a["test_n"],
+                          num_classes=bundle.num_classes, seed=0, device="cpu", progress=False,
+                          overrides={"square": {"n_queries": a["square_queries"]}}, architecture=a["student"],
+                          dataset=a["data"], split="test")
 
 
 def summarise(rows: list, configs: list) -> str:

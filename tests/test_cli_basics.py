@@ -15,6 +15,11 @@ def test_list_shows_registries(cli):
     assert "mobilenetv2" in {r["name"] for r in data["architectures"]}
     assert "fashion-mnist" in {r["name"] for r in data["datasets"]}
     assert data["teacher-formats"]
+    # what `distill --opt key=value` accepts, per method, with InfoARD's own defaults over its base's
+    opts = {r["name"]: r["about"].split() for r in data["method-options"]}
+    assert {"ard", "rslad", "iad", "adaad", "infoard"} <= set(opts)
+    assert "kl_reduction=batchmean" in opts["infoard"] and "kl_reduction=mean" in opts["rslad"]
+    assert "teacher_fix=none" in opts["iad"] and "asa_eps_max=1" in opts["infoard"]
 
 
 def test_unknown_section_suggests(cli):

@@ -269,3 +269,43 @@ def test_method_state_roundtrip():
     fresh.load_state_dict(state)
     assert torch.equal(fresh.asa.eps_mem, m.asa.eps_mem)
     assert not torch.equal(fresh.asa.eps_mem, torch.full_like(fresh.asa.eps_mem, EPS))  # it moved
+
+
+# -- teacher_fix: DGAD's error-corrective label swapping ------------------------------------------------
+
+def test_swap_wrong_teacher_logits_golden():
+    from infoard_deploy.methods.kl import swap_wrong_teacher_logits
+
+    t = torch.tensor([[1.0, 3.0, 2.0], [5.0, 0.0, 1.0], [0.5, -1.0, 4.0]])
+    y = torch.tensor([0, 0, 1])
+    out = swap_wrong_teacher_logits(t, y)
+    # row 0: top class 1 (3.0) swaps with y=0 (1.0); row 1 is right and kept; row 2: 4.0 <-> -1.0
+    assert torch.equal(out, torch.tensor([[3.0, 1.0, 2.0], [5.0, 0.0, 1.0], [0.5, 4.0, -1.0]]))
+    assert torch.equal(t[0], torch.tensor([1.0, 3.0, 2.0]))  # input untouched
+    assert torch.equal(out.argmax(1), y)
+
+
+@pytest.mark.parametrize("name", ["ard", "rslad", "iad", "adaad"])
+def test_teacher_fix_swap_changes_targets_not_trust(name):
+    """``teacher_fix=swap`` corrects the distillation target where the teacher is wrong, leaves the batch
+    unchanged where it is right, and ASA still reads the teacher's own logits (its trust signal)."""
+    x, _, idx = _batch()
+
+    def run(y, **opts):  # fresh models each time: train-mode passes move the student's BN statistics
+        s, t = _models()
+        m = _setup(build_method(name, **opts), s, t)
+        return m, m(s, t, x, y, idx, _ctx())
+
+    _, first = run(torch.zeros(B, dtype=torch.long))
+    _, t = _models()
+    with torch.no_grad():  # AdaAD distils the teacher at x' (its attack ignores y), the others at x
+        y_right = t(first.x_adv if name == "adaad" else x).argmax(1)
+    plain = run(y_right)[1].loss.item()
+    assert run(y_right, teacher_fix="swap")[1].loss.item() == pytest.approx(plain, rel=1e-6)  # a no-op
+    y_wrong = (y_right + 1) % 10  # the teacher is wrong on every sample: the targets must change
+    a = run(y_wrong)[1].loss.item()
+    assert run(y_wrong, teacher_fix="swap")[1].loss.item() != pytest.approx(a, rel=1e-3)
+    m, _ = run(y_wrong, teacher_fix="swap", asa=True, asa_warmup=0.0, asa_conf=0.0)
+    assert m.asa.epoch_stats()["asa_good"] == 0.0  # ASA judged the teacher by its own (wrong) logits
+    with pytest.raises(UserError, match="teacher_fix"):
+        build_method(name, teacher_fix="flip")

@@ -38,6 +38,13 @@ def collect() -> Dict[str, List[Dict[str, str]]]:
             continue
         out[section] = [{"name": n, "about": str(reg.meta(n).get("about", ""))} for n in reg.names()]
     out["teacher-formats"] = [{"name": k, "about": v} for k, v in TEACHER_FORMATS.items()]
+    if "methods" in out:  # what `distill --opt key=value` accepts per method, with the defaults it replaces
+        from ..methods import method_options
+
+        out["method-options"] = [{"name": r["name"], "about": " ".join(f"{k}={v:g}" if isinstance(v, float) else
+                                                                       f"{k}={v}" for k, v in
+                                                                       method_options(r["name"]).items())}
+                                 for r in out["methods"]]
     return out
 
 

@@ -37,7 +37,7 @@ METHODS.register("infoard", InfoARD,
 
 _CHOICES = {"init": ("uniform", "normal", "zero"), "kl_reduction": ("mean", "batchmean", "sum"),
             "mim_att_mode": ("mse", "nce"), "mim_teacher_input": ("clean", "adv"), "mim_head": ("linear", "mlp"),
-            "base": ("rslad", "ard", "iad", "adaad")}
+            "base": ("rslad", "ard", "iad", "adaad"), "teacher_fix": ("none", "swap")}
 
 
 def method_options(name: str, base: Optional[str] = None) -> Dict[str, Any]:

@@ -44,12 +44,12 @@ class AdaAD(AdversarialDistillation):
             with torch.no_grad():
                 s_nat = student(x)
         s_adv = self.student_adv(student, x_adv)
-        t_adv = self.teacher_logits(teacher, x_adv, "adv")
+        t_adv = self.teacher_logits(teacher, x_adv, "adv", y)
         kl_adv = kl_logits(s_adv, t_adv, red)
         loss = alpha * kl_adv
         logs = {"kl_adv": kl_adv.detach()}
         if alpha < 1.0:
-            t_nat = self.teacher_logits(teacher, x, "clean")
+            t_nat = self.teacher_logits(teacher, x, "clean", y)
             kl_nat = kl_logits(s_nat, t_nat, red)
             loss = loss + (1.0 - alpha) * kl_nat
             logs["kl_nat"] = kl_nat.detach()

@@ -38,7 +38,7 @@ class ARD(AdversarialDistillation):
         x_adv = self.attack(student, lambda z: F.cross_entropy(student(z), y, reduction="none"), x, eps, step, ctx,
                             bn_eval=bool(hp["bn_eval"]), init=str(hp["init"]))
         s_adv = self.student_adv(student, x_adv)
-        t_nat = self.teacher_logits(teacher, x, "clean")
+        t_nat = self.teacher_logits(teacher, x, "clean", y)
         kl = kl_logits(s_adv, t_nat, str(hp["kl_reduction"]), tau)
         loss = alpha * tau * tau * kl
         if alpha < 1.0:

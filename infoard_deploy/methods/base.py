@@ -86,7 +86,12 @@ _ATTACK_DEFAULTS: Dict[str, Any] = {
     "steps": 10,  # PGD iterations K
     "step_ratio": 0.25,  # alpha / eps: 2/255 at 8/255 in every ARD repo (per-sample with ASA)
     "eps_scale": 1.0,  # training radius / nominal eps (AdaAD's larger search radius: 2.0)
+    # Soft-label correction where the teacher is wrong: "none" (every official baseline) or "swap"
+    # (DGAD's error-corrective label swapping, kl.swap_wrong_teacher_logits). Applied to the distillation
+    # targets only; ASA's trust signal and IAD's trust weight keep reading the teacher's own logits.
+    "teacher_fix": "none",
 }
+_TEACHER_FIXES = ("none", "swap")
 
 
 class AdversarialDistillation(DistillMethod):
@@ -110,6 +115,8 @@ class AdversarialDistillation(DistillMethod):
         self.hp: Dict[str, Any] = {**self.option_defaults(), **opts}
         if int(self.hp["steps"]) < 0 or not float(self.hp["step_ratio"]) > 0 or not float(self.hp["eps_scale"]) > 0:
             raise ValueError("steps must be >= 0, step_ratio and eps_scale > 0")
+        if self.hp["teacher_fix"] not in _TEACHER_FIXES:
+            raise ValueError(f"teacher_fix must be one of {', '.join(_TEACHER_FIXES)}, got '{self.hp['teacher_fix']}'")
         self.asa = asa
         self.mim = mim
         self._reset_step()
@@ -178,9 +185,12 @@ class AdversarialDistillation(DistillMethod):
         finally:
             student.train(was_training)
 
-    def teacher_logits(self, teacher: nn.Module, x: torch.Tensor, view: str) -> torch.Tensor:
+    def teacher_logits(self, teacher: nn.Module, x: torch.Tensor, view: str,
+                       y: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Teacher logits (no grad) on ``view`` = ``clean`` (x) or ``adv`` (x'), capturing MIM features
-        when this is the view MIM aligns to; cached for :meth:`finish` and ASA."""
+        when this is the view MIM aligns to; cached for :meth:`finish` and ASA. Pass the labels ``y`` when
+        the logits become a distillation target: with ``teacher_fix=swap`` the returned copy is corrected
+        where the teacher is wrong, while the cache keeps the teacher's own logits (its trust signals)."""
         if teacher.training:  # a frozen teacher is always evaluated with fixed BN statistics
             teacher.eval()
         tap = self.mim.t_tap if (self.mim is not None and self.mim.teacher_input == view) else None
@@ -194,6 +204,10 @@ class AdversarialDistillation(DistillMethod):
                 if self.mim is not None and self.mim.teacher_input == view:
                     self._t_feats = {}
         self._t_views[view] = out
+        if y is not None and self.hp["teacher_fix"] == "swap":
+            from .kl import swap_wrong_teacher_logits
+
+            return swap_wrong_teacher_logits(out, y)
         return out
 
     def student_adv(self, student: nn.Module, x_adv: torch.Tensor) -> torch.Tensor:

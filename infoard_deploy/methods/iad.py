@@ -53,7 +53,7 @@ class IAD(AdversarialDistillation):
                 ctx: StepContext) -> StepOutput:
         hp = self.hp
         tau, alpha, red = float(hp["tau"]), float(hp["alpha"]), str(hp["kl_reduction"])
-        t_nat = self.teacher_logits(teacher, x, "clean")
+        t_nat = self.teacher_logits(teacher, x, "clean", y)
         eps, step = self.radius(idx, ctx, x)
         x_adv = self.attack(student, lambda z: F.cross_entropy(student(z), y, reduction="none"), x, eps, step, ctx,
                             bn_eval=bool(hp["bn_eval"]), init=str(hp["init"]))

@@ -61,4 +61,24 @@ def kl_logits(student_logits: torch.Tensor, target_logits: torch.Tensor, reducti
     return kl_to_probs(student_logits, F.softmax(target_logits.float() / tau, dim=1), reduction, tau, log_eps)
 
 
-__all__ = ["REDUCTIONS", "kl_to_probs", "kl_logits"]
+def swap_wrong_teacher_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """DGAD's error-corrective label swapping (Park & Min, ECCV 2024; kunsaram01/DGAD ``AT_helper.py``).
+
+    ``logits`` (B, C), ``y`` (B,). Where the teacher's top class is not ``y`` the two logits trade places,
+    so the soft label puts the teacher's top confidence on the true class and keeps the rest of its
+    "dark knowledge" (the ranking of the other classes); rows the teacher gets right are returned as-is.
+    A new tensor; the input is not modified.
+    """
+    top = logits.argmax(1)
+    wrong = top != y
+    if not bool(wrong.any()):
+        return logits
+    out = logits.clone()
+    rows = torch.nonzero(wrong).squeeze(1)
+    l_top, l_y = logits[rows, top[rows]], logits[rows, y[rows]]
+    out[rows, y[rows]] = l_top
+    out[rows, top[rows]] = l_y
+    return out
+
+
+__all__ = ["REDUCTIONS", "kl_to_probs", "kl_logits", "swap_wrong_teacher_logits"]

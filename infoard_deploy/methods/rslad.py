@@ -33,7 +33,7 @@ class RSLAD(AdversarialDistillation):
                 ctx: StepContext) -> StepOutput:
         hp = self.hp
         red, log_eps = str(hp["kl_reduction"]), (float(hp["log_eps"]) or None)
-        t_nat = self.teacher_logits(teacher, x, "clean")
+        t_nat = self.teacher_logits(teacher, x, "clean", y)
         p_t = F.softmax(t_nat.float(), dim=1)
         eps, step = self.radius(idx, ctx, x)
         # attack: nn.KLDivLoss(size_average=False) summed -> per-sample KL (exact, no 1e-5)
