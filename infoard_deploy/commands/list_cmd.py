@@ -41,8 +41,10 @@ def collect() -> Dict[str, List[Dict[str, str]]]:
     if "methods" in out:  # what `distill --opt key=value` accepts per method, with the defaults it replaces
         from ..methods import method_options
 
-        out["method-options"] = [{"name": r["name"], "about": " ".join(f"{k}={v:g}" if isinstance(v, float) else
-                                                                       f"{k}={v}" for k, v in
+        def show(v: object) -> str:
+            return f"{v:g}" if isinstance(v, float) else str(v)
+
+        out["method-options"] = [{"name": r["name"], "about": " ".join(f"{k}={show(v)}" for k, v in
                                                                        method_options(r["name"]).items())}
                                  for r in out["methods"]]
     return out

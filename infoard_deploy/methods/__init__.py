@@ -21,7 +21,7 @@ from ..utils import parse_fraction
 from .adaad import AdaAD
 from .ard import ARD
 from .asa import ASA, ASA_DEFAULTS
-from .base import AdversarialDistillation, DistillMethod, Schedule, StepContext, StepOutput
+from .base import AdversarialDistillation, DistillMethod, Schedule, StepContext, StepOutput, TEACHER_FIXES
 from .iad import IAD
 from .infoard import InfoARD
 from .mim import MIM, MIM_DEFAULTS
@@ -37,7 +37,7 @@ METHODS.register("infoard", InfoARD,
 
 _CHOICES = {"init": ("uniform", "normal", "zero"), "kl_reduction": ("mean", "batchmean", "sum"),
             "mim_att_mode": ("mse", "nce"), "mim_teacher_input": ("clean", "adv"), "mim_head": ("linear", "mlp"),
-            "base": ("rslad", "ard", "iad", "adaad"), "teacher_fix": ("none", "swap")}
+            "base": ("rslad", "ard", "iad", "adaad"), "teacher_fix": TEACHER_FIXES}
 
 
 def method_options(name: str, base: Optional[str] = None) -> Dict[str, Any]:

@@ -91,7 +91,7 @@ _ATTACK_DEFAULTS: Dict[str, Any] = {
     # targets only; ASA's trust signal and IAD's trust weight keep reading the teacher's own logits.
     "teacher_fix": "none",
 }
-_TEACHER_FIXES = ("none", "swap")
+TEACHER_FIXES = ("none", "swap")
 
 
 class AdversarialDistillation(DistillMethod):
@@ -115,8 +115,8 @@ class AdversarialDistillation(DistillMethod):
         self.hp: Dict[str, Any] = {**self.option_defaults(), **opts}
         if int(self.hp["steps"]) < 0 or not float(self.hp["step_ratio"]) > 0 or not float(self.hp["eps_scale"]) > 0:
             raise ValueError("steps must be >= 0, step_ratio and eps_scale > 0")
-        if self.hp["teacher_fix"] not in _TEACHER_FIXES:
-            raise ValueError(f"teacher_fix must be one of {', '.join(_TEACHER_FIXES)}, got '{self.hp['teacher_fix']}'")
+        if self.hp["teacher_fix"] not in TEACHER_FIXES:
+            raise ValueError(f"teacher_fix must be one of {', '.join(TEACHER_FIXES)}, got '{self.hp['teacher_fix']}'")
         self.asa = asa
         self.mim = mim
         self._reset_step()

@@ -66,19 +66,14 @@ def swap_wrong_teacher_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Te
 
     ``logits`` (B, C), ``y`` (B,). Where the teacher's top class is not ``y`` the two logits trade places,
     so the soft label puts the teacher's top confidence on the true class and keeps the rest of its
-    "dark knowledge" (the ranking of the other classes); rows the teacher gets right are returned as-is.
+    "dark knowledge" (the ranking of the other classes); rows the teacher gets right are unchanged.
     A new tensor; the input is not modified.
     """
-    top = logits.argmax(1)
-    wrong = top != y
-    if not bool(wrong.any()):
-        return logits
-    out = logits.clone()
-    rows = torch.nonzero(wrong).squeeze(1)
-    l_top, l_y = logits[rows, top[rows]], logits[rows, y[rows]]
-    out[rows, y[rows]] = l_top
-    out[rows, top[rows]] = l_y
-    return out
+    # Rows the teacher gets right have top == y, so both writes put back the value already there: no branch,
+    # no host sync on the training step.
+    top, yy = logits.argmax(1, keepdim=True), y.view(-1, 1)
+    l_top, l_y = logits.gather(1, top), logits.gather(1, yy)
+    return logits.clone().scatter_(1, yy, l_top).scatter_(1, top, l_y)
 
 
 __all__ = ["REDUCTIONS", "kl_to_probs", "kl_logits", "swap_wrong_teacher_logits"]
