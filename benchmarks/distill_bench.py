@@ -1,9 +1,9 @@
 """Distillation benchmark: every method and the ASA / MIM ablations, same teacher, student, epochs, seeds.
 
 For each config (``ard``, ``rslad``, ``iad``, ``adaad``, ``infoard``, and ``<base>+asa`` / ``<base>+mim`` ablations)
-and each seed it trains the student with the real trainer (``infoard_deploy.train.train``; per-epoch validation on
-a split carved from the training data), then evaluates the **final-epoch** student on the same held-out test
-examples with the same attacks for every method (``infoard_deploy.evaluate.evaluate_model``: clean, PGD-20,
+and each seed it trains the student through the public API (``infoard_deploy.distill``: the real trainer,
+per-epoch validation on a split carved from the training data), then evaluates the **final-epoch** student on
+the same held-out test examples with the same attacks for every method (``infoard_deploy.evaluate``: clean, PGD-20,
 CW-inf-30, AutoAttack cascade APGD-CE / APGD-T / FAB-T / Square). Runs go to a process pool with one torch thread
 per worker (tiny models run fastest that way on 2 cores). Writes ``<out>/results.json`` and ``<out>/results.md``
 (mean +- std over seeds, epoch time relative to ARD).
@@ -41,27 +41,18 @@ def run_one(cfg: str, seed: int, a: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from infoard_deploy.checkpoint import load_model
-    from infoard_deploy.data import load_data
-    from infoard_deploy.methods import build_method
-    from infoard_deploy.models import build_model
-    from infoard_deploy.train import TrainConfig, read_metrics, train
+    import infoard_deploy as ia
+    from infoard_deploy.train import read_metrics
 
-    bundle = load_data(a["data"])
-    teacher, tcard = load_model(a["teacher"])
-    c, h, _ = bundle.input_shape
-    torch.manual_seed(seed)
-    student = build_model(a["student"], bundle.num_classes, c, h, bundle.mean, bundle.std)
     base, asa, mim = parse_config(cfg)
     tag = cfg.partition("@")[2]
-    method = build_method(base, asa=asa, mim=mim, **a["variant_opts"].get(tag, {}))
     out = Path(a["out"]) / f"{cfg}-s{seed}"
-    tc = TrainConfig(epochs=a["epochs"], batch_size=a["batch_size"], lr=a["lr"], seed=seed, eps=a["eps"],
-                     train_limit=a["train_limit"], val_fraction=0.1, val_n=a["val_n"], out_dir=str(out), force=True,
-                     progress=False, device="cpu", track_train_acc=False)
     t0 = time.perf_counter()
-    train(student, method, bundle, tc, teacher=teacher, card_base={"architecture": a["student"]},
-          teacher_arch=tcard.architecture)
+    res = ia.distill(teacher=a["teacher"], student=a["student"], method=base, asa=asa, mim=mim,
+                     opts=a["variant_opts"].get(tag, {}), data=a["data"], eps=a["eps"], epochs=a["epochs"],
+                     batch_size=a["batch_size"], lr=a["lr"], seed=seed, train_limit=a["train_limit"], val_fraction=0.1,
+                     val_n=a["val_n"], out=str(out), force=True, device="cpu", threads=1, progress=False,
+                     track_train_acc=False)
     train_s = time.perf_counter() - t0
     metrics = read_metrics(out)
     epoch_times = [float(m["epoch_time_s"]) for m in metrics if "epoch_time_s" in m]
@@ -70,27 +61,20 @@ def run_one(cfg: str, seed: int, a: dict) -> dict:
            "val_clean_last": metrics[-1].get("val_clean"), "val_robust_last": metrics[-1].get("val_robust")}
     if a["val_only"]:  # screening variants: the validation split only, the test set stays untouched
         return row
-    res = evaluate_student(student, bundle, a)
-    (out / "eval.json").write_text(json.dumps(res.to_json(per_sample=True)))  # per-sample flags: paired_aa.py
-    j = res.to_json(per_sample=False)
+    ev = evaluate_student(res.model_path, a)
+    (out / "eval.json").write_text(json.dumps(ev.to_dict()))  # per-sample flags: paired_aa.py
+    j = ev.to_dict()
     return {**row, "clean": j["clean_acc"], "pgd20": j["robust_acc"]["pgd20"], "cw": j["robust_acc"]["cw"],
-            "aa": j.get("AA"), "eval_s": round(res.seconds, 1)}
+            "aa": j.get("AA"), "eval_s": round(ev.result.seconds, 1)}
 
 
-def evaluate_student(student, bundle, a: dict):
+def evaluate_student(student_path, a: dict):
     """The benchmark's evaluation, identical for every run: the first ``test_n`` test images, seed 0, clean,
     PGD-20, CW-inf-30 and the AutoAttack cascade with ``square_queries`` Square queries."""
-    import numpy as np
+    import infoard_deploy as ia
 
-    from infoard_deploy.data import BatchLoader
-    from infoard_deploy.evaluate import evaluate_model
-
-    student.eval()
-    loader = BatchLoader(bundle.test, np.arange(a["test_n"]), batch_size=250)
-    return evaluate_model(student, loader, a["eps"], ["clean", "pgd20", "cw", "aa"], n=a["test_n"],
-                          num_classes=bundle.num_classes, seed=0, device="cpu", progress=False,
-                          overrides={"square": {"n_queries": a["square_queries"]}}, architecture=a["student"],
-                          dataset=a["data"], split="test")
+    return ia.evaluate(student_path, data=a["data"], eps=a["eps"], attacks=["clean", "pgd20", "cw", "aa"],
+                       n=a["test_n"], seed=0, batch_size=250, device="cpu", square_queries=a["square_queries"])
 
 
 def summarise(rows: list, configs: list) -> str:

@@ -32,12 +32,9 @@ def _eval_saved(run_dir: str, args: dict) -> str:
 
     torch.set_num_threads(1)
     from distill_bench import evaluate_student
-    from infoard_deploy.checkpoint import load_model
-    from infoard_deploy.data import load_data
 
-    student, _ = load_model(str(Path(run_dir) / "student.pt"))
-    res = evaluate_student(student, load_data(args["data"]), args)
-    (Path(run_dir) / "eval.json").write_text(json.dumps(res.to_json(per_sample=True)))
+    res = evaluate_student(Path(run_dir) / "student.pt", args)
+    (Path(run_dir) / "eval.json").write_text(json.dumps(res.to_dict()))
     return run_dir
 
 

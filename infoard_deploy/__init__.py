@@ -1,4 +1,36 @@
 """infoard-deploy: distil adversarially robust compact classifiers (InfoARD and baselines),
-export them to ONNX / TensorRT, and re-verify robustness on the deployed runtime."""
+export them to ONNX / TensorRT, and re-verify robustness on the deployed runtime.
+
+The public API (imported lazily, so ``import infoard_deploy`` stays cheap)::
+
+    from infoard_deploy import load_model, train_teacher, distill, evaluate, export, verify, bench, run
+
+See :mod:`infoard_deploy.api` for a worked example; ``run`` executes a recipe (:mod:`infoard_deploy.pipeline`).
+"""
 
 __version__ = "0.1.0"
+
+_API = {"load_model", "train_teacher", "distill", "evaluate", "export", "verify", "bench", "write_card",
+        "ModelSpec", "LoadedModel", "TeacherConfig", "DistillConfig", "EvaluateConfig", "TrainingResult",
+        "EvaluationResult", "ExportResult", "VerifyReport", "BenchResult", "Result"}
+_PIPELINE = {"run", "RunResult", "list_recipes"}
+_ERRORS = {"UserError", "GateFailure"}
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    if name in _PIPELINE:
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    if name in _ERRORS:
+        from . import errors
+
+        return getattr(errors, name)
+    raise AttributeError(f"module 'infoard_deploy' has no attribute '{name}'")
+
+
+__all__ = sorted(_API | _PIPELINE | _ERRORS | {"__version__"})

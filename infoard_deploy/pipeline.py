@@ -1,39 +1,78 @@
-"""``infoard-deploy run RECIPE.toml``: teacher -> distill -> evaluate -> export -> verify -> report.
+"""``run``: teacher -> distill -> evaluate -> export -> verify -> report, from one typed recipe.
 
-Each stage runs the same CLI command a user would type (so the pipeline and the commands can never
-drift apart), in-process, with its JSON result captured into ``<run>/<stage>/result.json``. A stage is
-skipped on re-run when its ``.done.json`` fingerprint (its own settings + the fingerprints of the stages
-it depends on) is unchanged; changing a setting re-runs that stage and everything downstream.
+Each stage is one call of the public API (:mod:`infoard_deploy.api`) with keyword arguments built from
+the recipe; its result goes to ``<run>/<stage>/result.json`` and the equivalent ``infoard-deploy ...`` command
+to ``<run>/<stage>/command.txt``, so any stage can be reproduced by hand. A stage is skipped on re-run when
+its ``.done.json`` fingerprint (its own settings + the fingerprints of the stages it depends on) is
+unchanged; changing a setting re-runs that stage and everything downstream.
+
+Safety: the run folder has one writer at a time (:func:`infoard_deploy.runlock.run_lock`); a stage folder
+holding files this pipeline did not write (no ``.stage.json``) is never replaced without ``force``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from .commands._common import err_console as console  # progress on stderr: stdout stays clean for --json
+from .api.common import Result, command_line
 from .errors import GateFailure, UserError
-from .recipe import Recipe, dump_recipe
+from .recipe import Recipe, dump_recipe, resolve_recipe
 from .utils import write_json_atomic, write_text_atomic
 
 DEPENDS = {"teacher": [], "distill": ["teacher"], "evaluate": ["distill"], "export": ["distill"],
            "verify": ["export", "distill"], "report": ["teacher", "distill", "evaluate", "export", "verify"]}
+# API function and CLI command of each stage.
+STAGE_API = {"teacher": ("train_teacher", "train-teacher"), "distill": ("distill", "distill"),
+             "evaluate": ("evaluate", "evaluate"), "export": ("export", "export"), "verify": ("verify", "verify")}
+_MARKER = ".stage.json"  # written first into a stage folder the pipeline owns
+_OURS = {_MARKER, ".done.json", ".lock"}
 
 
 def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@dataclass
+class StageCall:
+    """One API call: ``api`` names the function, ``kwargs`` its arguments, ``command`` the CLI equivalent."""
+
+    stage: str
+    api: str
+    kwargs: Dict[str, Any]
+    command: str
+
+
+@dataclass
+class RunResult(Result):
+    """Status and seconds per stage, and the run folder (its ``report/report.md`` sums everything up)."""
+
+    data: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.data["run_dir"])
+
+
+def _default_api() -> Mapping[str, Callable[..., Any]]:
+    from . import api
+
+    return {"train_teacher": api.train_teacher, "distill": api.distill, "evaluate": api.evaluate,
+            "export": api.export, "verify": api.verify}
+
+
 class Pipeline:
     def __init__(self, recipe: Recipe, run_dir: Path, force: bool = False,
-                 invoke: Optional[Callable[[List[str], Path], int]] = None):
+                 api: Optional[Mapping[str, Callable[..., Any]]] = None,
+                 log: Optional[Callable[[str], None]] = None):
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.force = force
-        self._invoke = invoke
+        self._api = api
+        self.log = log or (lambda s: None)
         self.fingerprints: Dict[str, str] = {}
         self.timings: Dict[str, float] = {}
         self.status: Dict[str, str] = {}
@@ -55,112 +94,57 @@ class Pipeline:
     def student_path(self) -> Path:
         return self.stage_dir("distill") / "student.pt"
 
-    # -- stage commands --------------------------------------------------------------------------
-    def _data_args(self) -> List[str]:
-        d = self.recipe.data
-        args = ["--data", d.name]
-        if d.dir:
-            args += ["--data-dir", d.dir]
-        if d.download:
-            args += ["--download"]
-        return args
-
-    def _eps_args(self) -> List[str]:
-        return ["--eps", self.recipe.eps] if self.recipe.eps else []
-
-    def argv(self, stage: str) -> Optional[List[str]]:
-        r = self.recipe
-        out = self.stage_dir(stage)
-        if stage == "teacher":
-            if r.teacher.path:
-                return None  # a given teacher: nothing to train
-            t = r.teacher
-            a = ["train-teacher", *self._data_args(), "--arch", t.arch, "--method", t.method,
-                 "--batch-size", str(t.batch_size), "--seed", str(r.seed), "--out", str(out),
-                 "--val-fraction", str(r.data.val_fraction), *self._eps_args(), "--json"]
-            if t.epochs is not None:
-                a += ["--epochs", str(t.epochs)]
-            if t.lr is not None:
-                a += ["--lr", str(t.lr)]
-            if r.data.train_limit:
-                a += ["--train-limit", str(r.data.train_limit)]
-            return a
-        if stage == "distill":
-            s = r.distill
-            a = ["distill", "--teacher", str(self.teacher_path), "--student", s.student, "--method", s.method,
-                 *self._data_args(), "--batch-size", str(s.batch_size), "--seed", str(r.seed),
-                 "--out", str(out), "--val-fraction", str(r.data.val_fraction), *self._eps_args(), "--json"]
-            if s.asa is not None:
-                a += ["--asa" if s.asa else "--no-asa"]
-            if s.mim is not None:
-                a += ["--mim" if s.mim else "--no-mim"]
-            if s.epochs is not None:
-                a += ["--epochs", str(s.epochs)]
-            if s.lr is not None:
-                a += ["--lr", str(s.lr)]
-            for k, v in s.options.items():
-                a += ["--opt", f"{k}={v}"]
-            if r.teacher.mean is not None:
-                a += ["--teacher-mean", ",".join(map(str, r.teacher.mean)), "--teacher-std", ",".join(map(str, r.teacher.std))]
-            if r.data.train_limit:
-                a += ["--train-limit", str(r.data.train_limit)]
-            return a
-        if stage == "evaluate":
-            e = r.evaluate
-            a = ["evaluate", "--model", str(self.student_path), *self._data_args(), "--attacks", ",".join(e.attacks),
-                 "--batch-size", str(e.batch_size), "--seed", str(r.seed), "--split", e.split, *self._eps_args(), "--json"]
-            if e.n:
-                a += ["--n", str(e.n)]
-            if e.square_queries:
-                a += ["--square-queries", str(e.square_queries)]
-            return a
-        if stage == "export":
-            x = r.export
-            a = ["export", "--model", str(self.student_path), "--out", str(out), "--calib-data", r.data.name,
-                 "--calib-n", str(x.calib_n), "--calib-method", x.calib_method, "--force", "--json"]
-            if r.data.dir:
-                a += ["--data-dir", r.data.dir]
-            for p in x.profiles:
-                a += ["--profile", p]
-            return a
-        if stage == "verify":
-            v = r.verify
-            a = ["verify", "--reference", str(self.student_path), *self._data_args(), "--n", str(v.n),
-                 "--attacks", ",".join(v.attacks), "--square-queries", str(v.square_queries),
-                 "--max-robust-drop", str(v.max_robust_drop), "--batch-size", str(v.batch_size), "--seed", str(r.seed),
-                 "--out", str(out / "report"), "--force", *self._eps_args(), "--json"]
-            for art in self.artifacts():
-                a += ["--artifact", str(art)]
-            return a
-        return None
-
     def artifacts(self) -> List[Path]:
         """Artifacts the export stage produced (ONNX files and TensorRT engines), from its JSON result."""
-        res = self.result("export")
         found = []
-        for item in res.get("artifacts", []):
+        for item in self.result("export").get("artifacts", []):
             p = Path(item["path"] if isinstance(item, dict) else item)
             if p.suffix in (".onnx", ".engine") and p.exists():
                 found.append(p)
-        if not found:
-            found = sorted(self.stage_dir("export").glob("*.onnx"))
         return found
 
+    # -- the calls -----------------------------------------------------------------------------
+    def call(self, stage: str) -> Optional[StageCall]:
+        """The API call of ``stage`` (None for a given teacher or the report)."""
+        r, out = self.recipe, self.stage_dir(stage)
+        d = r.data
+        data = {"data": d.name, "data_dir": d.dir, "download": d.download}
+        train = {**data, "eps": r.eps, "seed": r.seed, "out": str(out), "val_fraction": d.val_fraction,
+                 "train_limit": d.train_limit, "device": r.device}
+        if stage == "teacher":
+            if r.teacher.path:
+                return None
+            t = r.teacher
+            kw = {**train, "arch": t.arch, "method": t.method, "epochs": t.epochs, "batch_size": t.batch_size,
+                  "lr": t.lr}
+        elif stage == "distill":
+            s = r.distill
+            kw = {**train, "teacher": str(self.teacher_path), "student": s.student, "method": s.method,
+                  "asa": s.asa, "mim": s.mim, "epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr,
+                  "opts": dict(s.options), "teacher_mean": r.teacher.mean, "teacher_std": r.teacher.std}
+        elif stage == "evaluate":
+            e = r.evaluate
+            kw = {"model": str(self.student_path), **data, "eps": r.eps, "attacks": list(e.attacks), "n": e.n,
+                  "split": e.split, "batch_size": e.batch_size, "seed": r.seed, "square_queries": e.square_queries,
+                  "val_fraction": d.val_fraction, "device": r.device}
+        elif stage == "export":
+            x = r.export
+            kw = {"model": str(self.student_path), "profiles": list(x.profiles), "out": str(out),
+                  "calib_data": d.name, "data_dir": d.dir, "calib_n": x.calib_n, "calib_method": x.calib_method,
+                  "val_fraction": d.val_fraction, "seed": r.seed, "device": r.device}
+        elif stage == "verify":
+            v = r.verify
+            kw = {"reference": str(self.student_path), "artifacts": [str(a) for a in self.artifacts()],
+                  **data, "eps": r.eps, "n": v.n, "attacks": list(v.attacks), "square_queries": v.square_queries,
+                  "max_robust_drop": v.max_robust_drop, "batch_size": v.batch_size, "seed": r.seed,
+                  "out": str(out / "report"), "device": r.device}
+            kw.pop("download")
+        else:
+            return None
+        fn, cli = STAGE_API[stage]
+        return StageCall(stage, fn, kw, command_line(cli, kw))
+
     # -- running -------------------------------------------------------------------------------
-    def _call(self, argv: List[str], sink: Path) -> int:
-        if self._invoke is not None:
-            return self._invoke(argv, sink)
-        from .cli import main
-        from .commands._common import STATE
-
-        dev = self.recipe.device if self.recipe.device != "auto" else STATE.device_spec
-        old = STATE.json_sink
-        STATE.json_sink = str(sink)
-        try:
-            return main(["--device", dev, *argv])
-        finally:
-            STATE.json_sink = old
-
     def _stage_config(self, stage: str) -> Dict[str, Any]:
         r = asdict(self.recipe)
         shared = {"seed": r["seed"], "eps": r["eps"], "data": r["data"]}
@@ -169,11 +153,25 @@ class Pipeline:
         ups = {u: self.fingerprints.get(u) for u in DEPENDS[stage]}
         return {"shared": shared, "own": own, "upstream": ups}
 
+    def _claim(self, stage: str) -> bool:
+        """Make ``stage``'s folder ours; True when it already held our earlier output (may be replaced)."""
+        out = self.stage_dir(stage)
+        marker = out / _MARKER
+        if marker.exists():
+            return True
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in _OURS) if out.is_dir() else []
+        if foreign and not self.force:
+            raise UserError(f"{out} holds files this pipeline did not write ({', '.join(foreign[:3])}); move them, "
+                            "point the recipe at them (teacher.path), or pass --force to replace them")
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(marker, {"written_by": "infoard-deploy run", "stage": stage})
+        return bool(foreign)
+
     def run_stage(self, stage: str) -> None:
         out = self.stage_dir(stage)
         fp = _fingerprint(self._stage_config(stage))
         marker = out / ".done.json"
-        if not self.force and marker.exists():
+        if not self.force and marker.exists() and (out / _MARKER).exists():
             try:
                 done = json.loads(marker.read_text())
             except json.JSONDecodeError:
@@ -182,48 +180,84 @@ class Pipeline:
                 self.fingerprints[stage] = fp
                 self.status[stage] = str(done.get("status", "done"))
                 self.timings[stage] = 0.0
-                console.print(f"[dim]- {stage}: already done, skipped[/dim]")
+                self.log(f"- {stage}: already done, skipped")
                 return
         t0 = time.perf_counter()
         if stage == "report":
             from .pipeline_report import write_run_report
 
-            out.mkdir(parents=True, exist_ok=True)
+            self._claim(stage)
             write_run_report(self)
-            code = 0
         else:
-            argv = self.argv(stage)
-            if argv is None:
+            call = self.call(stage)
+            if call is None:
                 self.fingerprints[stage] = fp
                 self.status[stage] = "given"
                 return
-            out.mkdir(parents=True, exist_ok=True)
-            if stage in ("teacher", "distill") and (out / "state.pt").exists() and not self.force:
-                argv = argv + ["--resume"]
-            elif stage in ("teacher", "distill"):
-                argv = argv + ["--force"]
-            console.rule(f"[bold]{stage}[/bold]")
-            console.print("[dim]infoard-deploy " + " ".join(argv) + "[/dim]")
-            code = self._call(argv, out / "result.json")
-            if code == 1 and stage == "verify":
+            self._claim(stage)
+            finished_before = (out / "result.json").exists()
+            for stale in (marker, out / "result.json"):  # a re-run stage is not done until it finishes again
+                stale.unlink(missing_ok=True)
+            if stage in ("teacher", "distill"):
+                # our own interrupted run continues; one that finished with other settings starts over
+                resume = (out / "state.pt").exists() and not self.force and not finished_before
+                call.kwargs.update(resume=resume, force=not resume)
+            else:
+                call.kwargs["force"] = True  # the folder is ours (checked by _claim)
+            write_text_atomic(out / "command.txt", call.command + "\n")
+            self.log(f"== {stage}: {call.command}")
+            res = self.api[call.api](**call.kwargs)
+            data = res.to_dict() if hasattr(res, "to_dict") else dict(res)
+            write_json_atomic(out / "result.json", {k: v for k, v in data.items() if k != "samples"})
+            if stage == "verify" and not data.get("passed", True):
                 self.status[stage] = "gate failed"
-            elif code != 0:
-                raise UserError(f"stage '{stage}' failed (exit {code}); fix the cause and re-run to resume")
         self.timings[stage] = time.perf_counter() - t0
         self.fingerprints[stage] = fp
         self.status.setdefault(stage, "done")
         write_json_atomic(marker, {"fingerprint": fp, "seconds": self.timings[stage], "status": self.status[stage]})
 
-    def run(self) -> Dict[str, Any]:
+    @property
+    def api(self) -> Mapping[str, Callable[..., Any]]:
+        if self._api is None:
+            self._api = _default_api()
+        return self._api
+
+    def run(self) -> RunResult:
+        from .runlock import run_lock
+
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.run_dir / "recipe.resolved.toml", dump_recipe(self.recipe))
-        t0 = time.perf_counter()
-        for stage in Recipe.ALL_STAGES:
-            if stage in self.recipe.stages:
-                self.run_stage(stage)
-        summary = {"run_dir": str(self.run_dir), "status": self.status, "seconds": self.timings,
-                   "total_seconds": time.perf_counter() - t0}
-        write_json_atomic(self.run_dir / "summary.json", summary)
+        with run_lock(self.run_dir, what="run"):
+            write_text_atomic(self.run_dir / "recipe.resolved.toml", dump_recipe(self.recipe))
+            t0 = time.perf_counter()
+            for stage in Recipe.ALL_STAGES:
+                if stage in self.recipe.stages:
+                    self.run_stage(stage)
+            summary = {"run_dir": str(self.run_dir), "status": self.status, "seconds": self.timings,
+                       "total_seconds": time.perf_counter() - t0}
+            write_json_atomic(self.run_dir / "summary.json", summary)
         if self.status.get("verify", "").startswith("gate failed") and self.recipe.verify.fail_on_gate:
             raise GateFailure(f"deployment verification failed; see {self.run_dir / 'verify' / 'report'}")
-        return summary
+        return RunResult(summary)
+
+
+def run(recipe: str | Path | Recipe, out: Optional[str | Path] = None, *, overrides: Optional[List[str]] = None,
+        force: bool = False, log: Optional[Callable[[str], None]] = None) -> RunResult:
+    """Run a recipe: a packaged name (``"demo"``, ``"cifar10/wrn34-resnet18-infoard"``), a TOML path, or a
+    :class:`~infoard_deploy.recipe.Recipe`. ``overrides`` are ``a.b=value`` strings (the CLI's ``--set``).
+
+    Writes ``out`` (default ``runs/<recipe name>``); resumes finished / interrupted stages. Raises
+    :class:`GateFailure` when verification failed and the recipe says ``fail_on_gate``.
+    """
+    r = recipe if isinstance(recipe, Recipe) else resolve_recipe(recipe, overrides or [])
+    run_dir = Path(out) if out is not None else Path("runs") / r.name
+    return Pipeline(r, run_dir, force=force, log=log).run()
+
+
+def list_recipes() -> List[str]:
+    """Names of the recipes packaged with infoard-deploy (``run NAME`` runs one)."""
+    from .recipe import packaged_recipes
+
+    return sorted(packaged_recipes())
+
+
+__all__ = ["Pipeline", "StageCall", "RunResult", "run", "list_recipes", "DEPENDS"]

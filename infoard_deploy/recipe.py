@@ -100,23 +100,73 @@ class Recipe:
         return parse_eps(self.eps, "eps")
 
     def validate(self) -> "Recipe":
+        """Every value checked before any stage runs (a bad value found after training wastes the run)."""
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.name) or ".." in self.name:
+            raise UserError(f"recipe name '{self.name}' must be a plain folder name (letters, digits, '.', '_', '-'; "
+                            "no '/' or '..'): it names the run folder under runs/")
         bad = [s for s in self.stages if s not in self.ALL_STAGES]
         if bad:
             raise UserError(f"unknown stage(s) {', '.join(bad)} (stages: {', '.join(self.ALL_STAGES)})")
         if self.eps is not None:
             parse_eps(self.eps, "eps")
-        for sec, key in ((self.teacher, "epochs"), (self.distill, "epochs")):
-            if getattr(sec, key) is not None and getattr(sec, key) < 1:
-                raise UserError(f"{type(sec).__name__.replace('Section', '').lower()}.{key} must be >= 1")
+        for where, value in (("teacher.epochs", self.teacher.epochs), ("distill.epochs", self.distill.epochs),
+                             ("teacher.batch_size", self.teacher.batch_size),
+                             ("distill.batch_size", self.distill.batch_size), ("evaluate.n", self.evaluate.n),
+                             ("evaluate.batch_size", self.evaluate.batch_size),
+                             ("evaluate.square_queries", self.evaluate.square_queries),
+                             ("export.calib_n", self.export.calib_n), ("verify.n", self.verify.n),
+                             ("verify.batch_size", self.verify.batch_size),
+                             ("data.train_limit", self.data.train_limit)):
+            if value is not None and value < 1:
+                raise UserError(f"recipe: {where} must be >= 1, got {value}")
+        if self.verify.square_queries < 0:
+            raise UserError(f"recipe: verify.square_queries must be >= 0 (0: off), got {self.verify.square_queries}")
+        for where, value in (("teacher.lr", self.teacher.lr), ("distill.lr", self.distill.lr)):
+            if value is not None and not value > 0:
+                raise UserError(f"recipe: {where} must be a positive number, got {value}")
         if not 0 <= self.data.val_fraction < 1:
             raise UserError("data.val_fraction must lie in [0, 1)")
-        if self.verify.max_robust_drop < 0:
+        if not self.verify.max_robust_drop >= 0:
             raise UserError("verify.max_robust_drop must be >= 0")
         if (self.teacher.mean is None) != (self.teacher.std is None):
             raise UserError("teacher.mean and teacher.std go together")
+        if self.evaluate.split not in ("test", "val"):
+            raise UserError(f"recipe: evaluate.split must be test or val, got '{self.evaluate.split}'")
         if "verify" in self.stages and "export" not in self.stages and not self.export.profiles:
             raise UserError("the verify stage needs exported artifacts: keep the export stage or its profiles")
+        self._check_names()
         return self
+
+    def _check_names(self) -> None:
+        """Registry names (data, architectures, methods, attacks, profiles, device) exist."""
+        from .attacks import ATTACKS
+        from .data import DATASETS
+        from .export.profiles import PROFILES
+        from .methods import METHODS
+        from .models import MODELS
+        from .teacher_methods import TEACHER_METHODS
+        from .utils import parse_device
+
+        DATASETS.get(self.data.name)
+        MODELS.get(self.distill.student)
+        METHODS.get(self.distill.method)
+        if self.teacher.path is None:
+            MODELS.get(self.teacher.arch)
+            TEACHER_METHODS.get(self.teacher.method)
+        for a in [*self.evaluate.attacks, *self.verify.attacks]:
+            ATTACKS.get(str(a).strip().lower())
+        for p in self.export.profiles:
+            if str(p).endswith(".toml") or "/" in str(p):
+                raise UserError(f"recipe: export.profiles takes profile names (see `infoard-deploy list "
+                                f"export-profiles`), got '{p}'")
+            PROFILES.get(p)
+        if self.export.calib_method not in ("minmax", "entropy", "percentile"):
+            raise UserError(f"recipe: export.calib_method must be minmax, entropy or percentile, "
+                            f"got '{self.export.calib_method}'")
+        if self.device != "auto":
+            parse_device(self.device)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -207,10 +257,37 @@ def apply_overrides(table: Dict[str, Any], overrides: Sequence[str]) -> Dict[str
     return table
 
 
+def packaged_recipes() -> Dict[str, Path]:
+    """Recipes shipped inside the package: ``{"demo": path, "cifar10/wrn34-resnet18-infoard": path, ...}``."""
+    from importlib.resources import files
+
+    root = Path(str(files("infoard_deploy") / "recipes"))
+    return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(root.rglob("*.toml"))}
+
+
+def resolve_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """A packaged recipe name (``demo``) or a path to a TOML file, with ``--set`` overrides, validated."""
+    text = str(name_or_path)
+    known = packaged_recipes()
+    if text in known and not Path(text).is_file():
+        return load_recipe(known[text], overrides)
+    if not text.endswith(".toml") and not Path(text).exists():
+        from .registry import Registry
+
+        reg: Registry = Registry("recipe")
+        for k in known:
+            reg.register(k, k)
+        reg.get(text)  # unknown name: one line with the closest packaged names
+    return load_recipe(text, overrides)
+
+
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     p = Path(path)
     if not p.exists():
         raise UserError(f"recipe not found: {p}")
+    if p.is_dir():
+        raise UserError(f"{p} is a folder; give a recipe .toml file or a packaged recipe name "
+                        "(`infoard-deploy list recipes`)")
     try:
         table = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

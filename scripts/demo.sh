@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/infoard-deploy run recipes/demo.toml "$@"
+exec .venv/bin/infoard-deploy run demo "$@"

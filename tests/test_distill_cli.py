@@ -33,10 +33,11 @@ def digits_teacher(tmp_path_factory):
 
 
 def test_teacher_must_match_the_data(digits_teacher, tiny_bundle, tmp_path):
-    from infoard_deploy.commands.distill import load_teacher
+    from infoard_deploy.api.training import load_teacher
     from infoard_deploy.data import ArraySet, DataBundle
 
-    model, card = load_teacher(str(digits_teacher), tiny_bundle, None, None, None)
+    t = load_teacher(str(digits_teacher), tiny_bundle, None, None, None)
+    model, card = t.model, t.card
     assert card.architecture == "cnn-small" and not model.training
     # same 8x8 images, 5 classes: class-count mismatch
     five = DataBundle("five", tiny_bundle.train, tiny_bundle.test, [str(i) for i in range(5)], (1, 8, 8), [0.3], [0.4])
@@ -50,7 +51,8 @@ def test_teacher_must_match_the_data(digits_teacher, tiny_bundle, tmp_path):
     sd = torch.load(digits_teacher, weights_only=True)
     bare = tmp_path / "bare.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, bare)
-    m2, c2 = load_teacher(str(bare), tiny_bundle, None, None, None)
+    t2 = load_teacher(str(bare), tiny_bundle, None, None, None)
+    c2 = t2.card
     assert c2.architecture == "cnn-small" and c2.mean == [0.0] and c2.num_classes == 10  # raw [0,1] convention
     # ... unless it matches no registered architecture: then --teacher-arch is asked for
     odd = tmp_path / "odd.pt"

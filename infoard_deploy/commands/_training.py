@@ -1,14 +1,13 @@
-"""Plumbing shared by ``train-teacher`` and ``distill``: data loading, --opt parsing, the config, output."""
+"""Plumbing shared by ``train-teacher`` and ``distill``: their common options, --opt parsing, output."""
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Dict, List, Optional
 
 import typer
 
 from ..errors import UserError
-from ._common import STATE, console, emit_json, parse_eps
+from ._common import console, emit_json, err_console
 
 # Options both training commands take, defined once so `distill` and `train-teacher` cannot drift apart.
 DATA_DIR = typer.Option(None, "--data-dir", help="where the dataset files are")
@@ -25,15 +24,49 @@ SAVE_EVERY = typer.Option(0, "--save-every", help="also keep checkpoints/epoch_N
 JSON_OUT = typer.Option(False, "--json", help="machine-readable result on stdout")
 
 
+THREADS = typer.Option(0, "--threads", help="CPU threads for torch (0: library default); 1 is fastest for small "
+                                          "models on a busy machine")
+
+
 def is_main_process() -> bool:
     """Under torchrun only rank 0 prints."""
     return os.environ.get("RANK", "0") == "0"
 
 
-def load_bundle(name: str, data_dir: Optional[str], download: bool):
-    from ..data import load_data
+def log_line(json_out: bool):
+    """Progress lines for the API's ``log`` callback, on stderr: warnings (yellow) always, the rest not with
+    --json (stdout holds only the JSON either way)."""
+    from rich.markup import escape
 
-    return load_data(name, root=data_dir, download=download)
+    def log(msg: str) -> None:
+        warn = msg.startswith(("warning", "note"))
+        if not is_main_process() or (json_out and not warn):
+            return
+        style = "yellow" if warn else None
+        err_console.print(escape(msg), style=style, soft_wrap=True)
+
+    return log
+
+
+def render(result, json_out: bool) -> None:
+    """Print (rank 0 only) the result of a training command, as text or JSON."""
+    if not is_main_process():
+        return
+    data = result.to_dict()
+    if json_out:
+        emit_json(data)
+        return
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    if data["model"]:
+        console.print(f"[green]saved[/green] {data['model']} (+ model card)")
+    else:
+        console.print(f"stopped after epoch {data['epochs_done']}; continue with --resume")
+    console.print(f"final validation: clean {pct(data.get('val_clean'))}, robust {pct(data.get('val_robust'))} "
+                  f"(PGD-10, eps {data.get('eps'):.4g}) in {data['seconds']:.1f}s; "
+                  f"metrics in {data['out_dir']}/metrics.csv", soft_wrap=True)
 
 
 def parse_opts(items: Optional[List[str]]) -> Dict[str, Any]:
@@ -47,53 +80,3 @@ def parse_opts(items: Optional[List[str]]) -> Dict[str, Any]:
             raise UserError(f"--opt needs key=value (e.g. --opt tau=30), got '{item}'")
         out[key] = val.strip()
     return out
-
-
-def make_config(*, out: str, model_name: str, eps: Optional[str], epochs, batch_size, lr, weight_decay, seed: int,
-                resume: bool, force: bool, train_limit, val_fraction: float, val_n, amp: str, channels_last: bool,
-                save_every: int, attack_steps=None, extra: Optional[Dict[str, Any]] = None):
-    from ..train import TrainConfig
-
-    return TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
-        eps=parse_eps(eps) if eps is not None else None, attack_steps=attack_steps, val_fraction=val_fraction,
-        train_limit=train_limit, val_n=val_n, amp=amp.strip().lower(), channels_last=channels_last, out_dir=out,
-        model_name=model_name, resume=resume, force=force, save_every=save_every, device=STATE.device_spec,
-        extra=dict(extra or {}),
-    )
-
-
-def report(result, *, kind: str, t0: float, json_out: bool, info: Dict[str, Any]) -> None:
-    """Print (rank 0 only) the result of a training command, as text or JSON."""
-    if not is_main_process():
-        return
-    m = result.metrics or {}
-    data = {
-        "kind": kind,
-        "model": str(result.final_model_path) if result.final_model_path else None,
-        "card": str(result.final_model_path.with_name(result.final_model_path.stem + ".card.json"))
-        if result.final_model_path else None,
-        "out_dir": str(result.out_dir),
-        **info,
-        "epochs_done": len(result.history),
-        "completed": result.completed,
-        "val_clean": m.get("val_clean"),
-        "val_robust": m.get("val_robust"),
-        "final_loss": m.get("loss"),
-        "seconds": round(time.perf_counter() - t0, 2),
-        "history": result.history,
-    }
-    if json_out:
-        emit_json(data)
-        return
-
-    def pct(v):
-        return "-" if v is None else f"{100 * v:.2f}%"
-
-    if result.final_model_path:
-        console.print(f"[green]saved[/green] {result.final_model_path} (+ model card)")
-    else:
-        console.print(f"stopped after epoch {len(result.history)}; continue with --resume")
-    console.print(f"final validation: clean {pct(m.get('val_clean'))}, robust {pct(m.get('val_robust'))} "
-                  f"(PGD-10, eps {info.get('eps'):.4g}) in {data['seconds']:.1f}s; "
-                  f"metrics in {result.out_dir}/metrics.csv", soft_wrap=True)

@@ -18,8 +18,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import UserError
-from ._common import console, device, emit_json, err_console, ints
+from ._common import STATE, console, emit_json, err_console, ints
 
 
 def register(app: typer.Typer) -> None:
@@ -34,37 +33,17 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="machine-readable result"),
     ) -> None:
         """Measure latency, throughput and peak memory of deployed artifacts (and a torch reference)."""
-        import torch
-
-        from ..bench import measure, open_for_bench
+        from ..api import bench
 
         sizes = ints(batch_sizes, "--batch-sizes") or []
-        if not sizes or any(b < 1 for b in sizes):
-            raise UserError(f"--batch-sizes needs positive integers like 1,64, got '{batch_sizes}'")
-        if threads < 0:
-            raise UserError(f"--threads must be >= 0, got {threads}")
-        if not artifact and reference is None:
-            raise UserError("nothing to measure: give --artifact FILE (repeatable) and/or --reference student.pt")
-        if threads:
-            torch.set_num_threads(threads)
-        dev = device()
-        items = ([("reference", reference)] if reference is not None else []) + [("artifact", a) for a in artifact]
-        rows = []
-        for role, path in items:
-            rt, shape, label = open_for_bench(path, dev, threads)
-            if not json_out:
-                err_console.print(f"measuring {escape(str(path))} ({label}, input {shape})")
-            res = measure(rt, shape, sizes, warmup=warmup, iters=iters)
-            rows.append({"role": role, "path": str(path), "runtime": label, "input_shape": list(shape), **res})
-        ref = rows[0] if rows and rows[0]["role"] == "reference" else None
-        for r in rows:
-            for b, m in r["latency"].items():
-                if ref is not None and r is not ref and b in ref["latency"]:
-                    m["latency_vs_reference"] = m["median_ms"] / ref["latency"][b]["median_ms"]
-        result = {"batch_sizes": sizes, "threads": threads, "device": str(dev), "results": rows}
+        log = None if json_out else (lambda s: err_console.print(escape(s), soft_wrap=True))
+        result = bench([str(a) for a in artifact], str(reference) if reference is not None else None,
+                       batch_sizes=sizes, threads=threads, warmup=warmup, iters=iters, device=STATE.device_spec,
+                       log=log).to_dict()
         if json_out:
             emit_json(result)
             return
+        rows = result["results"]
         t = Table(title="latency", title_justify="left")
         for col in ("artifact", "runtime", "batch", "median ms", "p95 ms", "img/s", "vs ref", "peak RSS MB"):
             t.add_column(col, justify="left" if col in ("artifact", "runtime") else "right",

@@ -1,94 +1,23 @@
 """``infoard-deploy evaluate``: clean / FGSM / PGD-20 / CW-inf / AutoAttack robust accuracy of a checkpoint.
 
-The command loads the model and data, calls :func:`infoard_deploy.evaluate.evaluate_model` and renders the
-result (a rich table, or ``--json``; ``--out`` writes the JSON report). An error-level sanity check
-(``adv_in_bounds``) makes it exit 1 after the report is written.
+The command calls :func:`infoard_deploy.evaluate` (which loads the model and data) and renders the result (a rich table, or ``--json``; ``--out`` writes the JSON report).
+An error-level sanity check (``adv_in_bounds``) makes it exit 1 after the report is written.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from ..errors import GateFailure, UserError
-from ._common import console, device, emit_json, err_console, floats, parse_eps
+from ._common import STATE, console, emit_json, err_console, floats
+from ._training import log_line
 
 DEFAULT_ATTACKS = "clean,fgsm,pgd20,cw,aa"
 _STYLE = {"ok": ("green", "ok"), "warn": ("yellow", "WARN"), "error": ("red", "ERROR"), "skipped": ("dim", "skip")}
-
-
-def parse_attack_opts(opts: Optional[List[str]], square_queries: Optional[int]) -> Dict[str, Dict[str, Any]]:
-    """``["square.n_queries=1000", "aa.fab-t.steps=50"]`` -> ``{"square": {"n_queries": "1000"}, "aa": {...}}``."""
-    from ..attacks import ATTACKS
-
-    out: Dict[str, Dict[str, Any]] = {}
-    for item in opts or []:
-        key, sep, value = item.partition("=")
-        parts = [p.strip().lower() for p in key.split(".")]
-        if not sep or len(parts) not in (2, 3) or not all(parts) or (len(parts) == 3 and parts[0] != "aa"):
-            raise UserError(f"--attack-opt needs ATTACK.SETTING=VALUE (or aa.COMPONENT.SETTING=VALUE), got '{item}'")
-        parts[:-1] = [p.replace("_", "-") for p in parts[:-1]]  # attack names use '-', settings use '_'
-        ATTACKS.get(parts[0])
-        if len(parts) == 2:
-            out.setdefault(parts[0], {})[parts[1]] = value.strip()
-        else:
-            ATTACKS.get(parts[1])
-            out.setdefault("aa", {}).setdefault(parts[1], {})[parts[2]] = value.strip()
-    if square_queries is not None:
-        if square_queries < 1:
-            raise UserError(f"--square-queries must be positive, got {square_queries}")
-        out.setdefault("square", {})["n_queries"] = square_queries
-    return out
-
-
-def _indices(bundle, split: str, n: Optional[int], seed: int, val_fraction: float):
-    import numpy as np
-
-    from ..data import split_indices
-
-    if split == "test":
-        data, idx = bundle.test, np.arange(len(bundle.test))
-    elif split == "val":
-        data, idx = bundle.train, split_indices(len(bundle.train), val_fraction, seed)[1]
-        if len(idx) == 0:
-            raise UserError("--split val: the validation split is empty; raise --val-fraction")
-    else:
-        raise UserError(f"--split must be test or val, got '{split}'")
-    if n is not None:
-        if n <= 0:
-            raise UserError(f"--n must be positive, got {n}")
-        if n > len(idx):
-            err_console.print(f"note: {bundle.name}/{split} has {len(idx)} examples; evaluating all of them "
-                              f"(--n {n} asked for more)", style="yellow", markup=False, soft_wrap=True)
-        idx = idx[:n]
-    return data, idx
-
-
-def _load(model_path: Path, bundle, arch, mean, std):
-    from ..card import load_card
-    from ..checkpoint import load_model
-
-    card = load_card(model_path, required=False)
-    kw: Dict[str, Any] = {"arch": arch, "mean": floats(mean, "--mean"), "std": floats(std, "--std")}
-    assumed = card is None and kw["mean"] is None and kw["std"] is None
-    if card is None:
-        kw.update(num_classes=bundle.num_classes, input_shape=list(bundle.input_shape))
-        if assumed:
-            kw["mean"], kw["std"] = list(bundle.mean), list(bundle.std)
-    model, card = load_model(model_path, **kw)
-    if assumed:
-        err_console.print(f"note: {model_path.name} has no model card; assuming {bundle.name}'s normalisation "
-                          "(pass --mean/--std if it was trained with other statistics)", style="yellow",
-                          markup=False, soft_wrap=True)
-    if list(card.input_shape) != list(bundle.input_shape):
-        raise UserError(f"{model_path.name} takes inputs {list(card.input_shape)} but {bundle.name} images are "
-                        f"{list(bundle.input_shape)}")
-    if card.num_classes != bundle.num_classes:
-        raise UserError(f"{model_path.name} has {card.num_classes} classes but {bundle.name} has {bundle.num_classes}")
-    return model, card
 
 
 def render(res, title: str) -> None:
@@ -127,57 +56,41 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="seed for attack random starts (results are deterministic)"),
         square_queries: Optional[int] = typer.Option(None, "--square-queries", help="Square queries (AA standard: 5000)"),
         attack_opt: Optional[List[str]] = typer.Option(None, "--attack-opt", help="ATTACK.SETTING=VALUE, e.g. pgd20.steps=50 (repeatable)"),
-        arch: Optional[str] = typer.Option(None, "--arch", help="architecture (overrides the card)"),
+        arch: Optional[str] = typer.Option(None, "--arch", help="architecture (overrides the card; else inferred)"),
+        num_classes: Optional[int] = typer.Option(None, "--num-classes", help="class count (default: card, data)"),
         mean: Optional[str] = typer.Option(None, "--mean", help="per-channel mean, e.g. 0.4914,0.4822,0.4465"),
         std: Optional[str] = typer.Option(None, "--std", help="per-channel std"),
         out: Optional[Path] = typer.Option(None, "--out", help="write the JSON report here"),
         force: bool = typer.Option(False, "--force", help="overwrite --out if it exists"),
         no_progress: bool = typer.Option(False, "--no-progress", help="hide the progress bar"),
+        threads: int = typer.Option(0, "--threads", help="CPU threads for torch (0: library default)"),
         json_out: bool = typer.Option(False, "--json", help="print the JSON report to stdout"),
     ) -> None:
         """Robust accuracy under clean, FGSM, PGD-20, CW-inf and AutoAttack, with gradient-masking checks."""
-        from ..card import load_card
-        from ..data import BatchLoader, load_data
-        from ..evaluate import evaluate_model, resolve_attacks
-        from ..utils import require_file, seed_everything, sha256_file, write_json_atomic
+        from ..api import EvaluateConfig, ModelSpec, evaluate
+        from ..utils import write_json_atomic
 
         if out is not None:
             if out.is_dir():
                 raise UserError(f"--out {out} is a directory; give a file name such as report.json")
             if out.exists() and not force:
                 raise UserError(f"{out} exists; pass --force to overwrite it")
-        if batch_size <= 0:
-            raise UserError(f"--batch-size must be positive, got {batch_size}")
-        names = resolve_attacks(attacks)
-        overrides = parse_attack_opts(attack_opt, square_queries)
-        eps_val = parse_eps(eps) if eps is not None else None
-        require_file(model, "model file")
-        card0 = load_card(model, required=False)
-        data_name = data or (card0.dataset if card0 else None)
-        if not data_name:
-            raise UserError(f"give --data (the model card of {model.name} names no dataset)")
-        bundle = load_data(data_name, root=data_dir, download=download)
-        net, card = _load(model, bundle, arch, mean, std)
-        if eps_val is None:
-            eps_val = card.eps or bundle.default_eps
-            if eps_val is None:
-                raise UserError("give --eps (neither the model card nor the dataset defines one)")
-            eps_val = parse_eps(eps_val)
-        imageset, idx = _indices(bundle, split, n, seed, val_fraction)
-        seed_everything(seed)
-        res = evaluate_model(net, BatchLoader(imageset, idx, batch_size=batch_size), eps_val, names, n=len(idx),
-                             num_classes=card.num_classes, seed=seed, device=device(),
-                             progress=False if no_progress else err_console, overrides=overrides,
-                             architecture=card.architecture, dataset=bundle.name, split=split)
-        res.extra.update({"model": str(model), "model_sha256": sha256_file(model), "trained_eps": card.eps,
-                          "batch_size": batch_size})
-        report = res.to_json()
+        spec = ModelSpec(arch=arch, num_classes=num_classes, mean=floats(mean, "--mean"), std=floats(std, "--std"))
+        cfg = EvaluateConfig(data=data, data_dir=data_dir, download=download, eps=eps,
+                             attacks=[a for a in attacks.split(",") if a.strip()], n=n, split=split,
+                             val_fraction=val_fraction, batch_size=batch_size, seed=seed,
+                             square_queries=square_queries, attack_opts=list(attack_opt or []), spec=spec,
+                             device=STATE.device_spec, threads=threads)
+        result = evaluate(model, cfg, progress=False if no_progress else err_console,
+                          log=log_line(json_out))
+        res, report = result.result, result.to_dict()
         if out is not None:
             write_json_atomic(out, report)
+        eps_val = res.eps
         if json_out:
             emit_json(report)
         else:
-            render(res, f"{model.name} on {bundle.name}/{split}: n={res.n_examples}, eps={eps_val:.4g} "
+            render(res, f"{model.name} on {res.dataset}/{split}: n={res.n_examples}, eps={eps_val:.4g} "
                         f"({eps_val * 255:.3g}/255)")
             if out is not None:
                 console.print(f"report written to {escape(str(out))}")

@@ -18,37 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import GateFailure, UserError
-from ._common import console, device, emit_json, err_console
-
-# direct flags are shorthands for the shipped profiles
-FLAG_PROFILES = {"fp32": "ort-cpu-fp32", "fp16": "ort-cuda-fp16", "int8": "ort-cpu-int8"}
-TRT_PROFILES = {"fp16": "trt-fp16", "int8": "trt-int8"}
-
-
-def resolve_profiles(names: List[str], fp32: bool, fp16: bool, int8: bool, trt: bool, trt_precision: str,
-                     calib_n: Optional[int], calib_method: Optional[str], opset: Optional[int]):
-    from ..export.profiles import load_profile
-
-    if trt_precision not in TRT_PROFILES:
-        raise UserError(f"--trt-precision must be fp16 or int8, got '{trt_precision}'")
-    wanted = list(names)
-    wanted += [FLAG_PROFILES[k] for k, on in (("fp32", fp32), ("fp16", fp16), ("int8", int8)) if on]
-    if trt:
-        wanted.append(TRT_PROFILES[trt_precision])
-    if not wanted:
-        wanted = [FLAG_PROFILES["fp32"]]
-    seen, profiles = set(), []
-    for w in wanted:
-        p = load_profile(w)
-        if p.name in seen:
-            continue
-        seen.add(p.name)
-        over = {"opset": opset}
-        if "int8" in p.precisions:
-            over.update(calib_n=calib_n, calib_method=calib_method)
-        profiles.append(p.with_overrides(**over))
-    return profiles
-
+from ._common import STATE, console, emit_json, err_console
 
 def _table(result) -> Table:
     t = Table(title=f"export of {Path(result['model']).name}", title_justify="left")
@@ -87,18 +57,16 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="machine-readable result"),
     ) -> None:
         """Export a model to ONNX fp32/fp16/INT8 and TensorRT, checking parity vs the fp32 torch model."""
-        from ..export.pipeline import export_artifacts
+        from ..api import export
 
-        if check_n < 1:
-            raise UserError(f"--check-n must be >= 1, got {check_n}")
-        if calib_n is not None and calib_n < 1:
-            raise UserError(f"--calib-n must be >= 1, got {calib_n}")
-        profiles = resolve_profiles(profile, fp32, fp16, int8, trt, trt_precision, calib_n, calib_method, opset)
-        out_dir = out if out is not None else model.parent
+        if trt_precision not in ("fp16", "int8"):
+            raise UserError(f"--trt-precision must be fp16 or int8, got '{trt_precision}'")
+        precisions = [k for k, on in (("fp32", fp32), ("fp16", fp16), ("int8", int8)) if on]
         log = (lambda s: None) if json_out else (lambda s: err_console.print(escape(s), soft_wrap=True))
-        result = export_artifacts(model, profiles, out_dir, calib_data=calib_data, data_dir=data_dir,
-                                  check_n=check_n, val_fraction=val_fraction, seed=seed, force=force,
-                                  slim=slim or any(p.slim for p in profiles), device=device(), log=log)
+        result = export(model, profile, precisions=precisions, trt=trt_precision if trt else None, out=out,
+                        calib_data=calib_data, calib_n=calib_n, calib_method=calib_method, data_dir=data_dir,
+                        check_n=check_n, val_fraction=val_fraction, seed=seed, opset=opset, force=force, slim=slim,
+                        device=STATE.device_spec, log=log).to_dict()
         if json_out:
             emit_json(result)
         else:

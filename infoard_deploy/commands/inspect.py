@@ -1,7 +1,7 @@
 """``infoard-deploy inspect MODEL``: load any supported model file, show its card, size and a forward check.
 
 Formats: ``.pt/.pth`` state dicts (weights-only), ``.safetensors``, TorchScript and ``.onnx`` (via
-onnx2torch), exactly as :func:`infoard_deploy.checkpoint.load_model` reads them. Flags override or
+onnx2torch), exactly as :func:`infoard_deploy.load_model` reads them (:func:`infoard_deploy.api.inspect_model`). Flags override or
 stand in for the model card beside the file. The forward check feeds two seeded random images in
 [0,1] of the card's input shape on the chosen ``--device`` and reports the logits' shape.
 """
@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import UserError
-from ._common import console, device, emit_json, floats, ints
+from ._common import STATE, console, emit_json, floats, ints
 
 
 def parse_input_shape(text: Optional[str]) -> Optional[List[int]]:
@@ -26,62 +26,6 @@ def parse_input_shape(text: Optional[str]) -> Optional[List[int]]:
     if shape is None or len(shape) != 3 or any(v <= 0 for v in shape):
         raise UserError(f"--input-shape must be C,H,W with three positive integers (e.g. 3,32,32), got '{text}'")
     return shape
-
-
-def model_format(path: Path) -> str:
-    from ..checkpoint import _is_torchscript
-
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return "onnx"
-    if suffix == ".safetensors":
-        return "safetensors"
-    return "torchscript" if _is_torchscript(path) else "state-dict"
-
-
-def inspect_model(path: Path, arch: Optional[str] = None, num_classes: Optional[int] = None,
-                  input_shape: Optional[List[int]] = None, mean: Optional[List[float]] = None,
-                  std: Optional[List[float]] = None, dev=None) -> Dict[str, Any]:
-    """Load ``path`` and return a JSON-able report: format, card, parameter count, forward check."""
-    import torch
-
-    from ..card import card_path_for
-    from ..checkpoint import load_model
-    from ..utils import sha256_file
-
-    if num_classes is not None and num_classes < 2:
-        raise UserError(f"--num-classes must be >= 2, got {num_classes}")
-    model, card = load_model(path, arch=arch, num_classes=num_classes, input_shape=input_shape, mean=mean, std=std)
-    dev = dev or torch.device("cpu")
-    params = sum(p.numel() for p in model.parameters())
-    buffers = sum(b.numel() for b in model.buffers())
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand((2, *card.input_shape), generator=gen)
-    try:
-        model = model.to(dev)
-        with torch.no_grad():
-            out = model(x.to(dev))
-    except Exception as e:  # a graph that cannot run this shape on this device
-        raise UserError(f"forward check of {path.name} on {dev} failed: {' '.join(str(e).split())[:300]}") from None
-    out = out.float().cpu()
-    cp = card_path_for(path)
-    return {
-        "path": str(path),
-        "format": model_format(path),
-        "sha256": sha256_file(path),
-        "card_file": str(cp) if cp.exists() else None,
-        "card": card.to_dict(),
-        "parameters": int(params),
-        "buffers": int(buffers),
-        "size_mb": round(path.stat().st_size / 2**20, 3),
-        "forward": {
-            "device": str(dev),
-            "input_shape": list(x.shape),
-            "output_shape": list(out.shape),
-            "finite": bool(torch.isfinite(out).all()),
-            "predictions": out.argmax(1).tolist(),
-        },
-    }
 
 
 def _print(rep: Dict[str, Any]) -> None:
@@ -96,7 +40,7 @@ def _print(rep: Dict[str, Any]) -> None:
                                                   + (", ..." if len(card["classes"]) > 10 else "") + ")"
                                                   if card.get("classes") else "")),
         ("input", "x".join(str(v) for v in card["input_shape"]) + " (C,H,W), float in [0,1]"),
-        ("mean / std", f"{card['mean']} / {card['std']} (inside the model)"),
+        ("mean / std", f"{card['mean']} / {card['std']} (inside the model; from {rep['normalisation']['source']})"),
         ("eps", str(card.get("eps"))),
         ("dataset", str(card.get("dataset"))),
         ("precision", card.get("precision", "")),
@@ -111,9 +55,13 @@ def _print(rep: Dict[str, Any]) -> None:
     for k, v in rows:
         t.add_row(escape(k), escape(str(v)))
     console.print(t)
+    for w in rep.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
+    register_card(app)
+
     @app.command("inspect")
     def inspect_cmd(
         model: Path = typer.Argument(..., help="model file: .pt/.pth/.safetensors/TorchScript/.onnx"),
@@ -125,9 +73,40 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
     ) -> None:
         """Show a model's card, parameter count and a forward check (any supported format)."""
-        rep = inspect_model(model, arch=arch, num_classes=num_classes, input_shape=parse_input_shape(input_shape),
-                            mean=floats(mean, "--mean"), std=floats(std, "--std"), dev=device())
+        from ..api import ModelSpec, inspect_model
+
+        spec = ModelSpec(arch=arch, num_classes=num_classes, input_shape=parse_input_shape(input_shape),
+                         mean=floats(mean, "--mean"), std=floats(std, "--std"))
+        rep = inspect_model(model, spec, device=STATE.device_spec)
         if json_out:
             emit_json(rep)
         else:
             _print(rep)
+
+
+def register_card(app: typer.Typer) -> None:
+    @app.command("card")
+    def card_cmd(
+        model: Path = typer.Argument(..., help="a model file without a card (.pt/.safetensors/TorchScript/.onnx)"),
+        arch: Optional[str] = typer.Option(None, "--arch", help="architecture (default: inferred from the weights)"),
+        num_classes: Optional[int] = typer.Option(None, "--num-classes", help="number of classes"),
+        input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W e.g. 3,32,32"),
+        mean: Optional[str] = typer.Option(None, "--mean", help="per-channel mean the model expects (inside it)"),
+        std: Optional[str] = typer.Option(None, "--std", help="per-channel std"),
+        eps: Optional[str] = typer.Option(None, "--eps", help="L-inf radius the model was trained for, e.g. 8/255"),
+        dataset: Optional[str] = typer.Option(None, "--dataset", help="dataset name (see `list datasets`)"),
+        force: bool = typer.Option(False, "--force", help="replace an existing card"),
+    ) -> None:
+        """Write MODEL.card.json for a foreign model file, so export / verify / bench / evaluate read it as stated."""
+        from ..api import ModelSpec, write_card
+        from ..utils import parse_eps
+
+        if dataset is not None:
+            from ..data import DATASETS
+
+            DATASETS.get(dataset)
+        spec = ModelSpec(arch=arch, num_classes=num_classes, input_shape=parse_input_shape(input_shape),
+                         mean=floats(mean, "--mean"), std=floats(std, "--std"),
+                         eps=parse_eps(eps) if eps is not None else None, dataset=dataset)
+        dest = write_card(model, spec, force=force)
+        console.print(f"[green]wrote[/green] {escape(str(dest))}")

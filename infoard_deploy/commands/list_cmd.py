@@ -1,4 +1,5 @@
-"""``infoard-deploy list``: show every registry (students, datasets, methods, attacks, runtimes, profiles)."""
+"""``infoard-deploy list``: show every registry (students, datasets, methods, attacks, runtimes, profiles)
+and the packaged recipes (``infoard-deploy run NAME``)."""
 from __future__ import annotations
 
 import importlib
@@ -29,6 +30,20 @@ SECTIONS = [
 ]
 
 
+def _recipes():
+    from ..recipe import packaged_recipes
+
+    return packaged_recipes()
+
+
+def _recipe_about(path) -> str:
+    """The first comment line of a packaged recipe (what it runs)."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
 def collect() -> Dict[str, List[Dict[str, str]]]:
     out: Dict[str, List[Dict[str, str]]] = {}
     for section, mod, attr in SECTIONS:
@@ -38,6 +53,7 @@ def collect() -> Dict[str, List[Dict[str, str]]]:
             continue
         out[section] = [{"name": n, "about": str(reg.meta(n).get("about", ""))} for n in reg.names()]
     out["teacher-formats"] = [{"name": k, "about": v} for k, v in TEACHER_FORMATS.items()]
+    out["recipes"] = [{"name": name, "about": _recipe_about(path)} for name, path in _recipes().items()]
     if "methods" in out:  # what `distill --opt key=value` accepts per method, with the defaults it replaces
         from ..methods import method_options
 

@@ -3,22 +3,22 @@
 Example: ``infoard-deploy train-teacher --data fashion-mnist --arch cnn-mnist --method trades --eps 0.1``
 writes ``<out>/teacher.pt`` + ``teacher.card.json``, ``state.pt`` (resumable) and ``metrics.{jsonl,csv}``.
 Under ``torchrun --nproc_per_node N -m infoard_deploy train-teacher ...`` it trains with DDP.
+The work is :func:`infoard_deploy.train_teacher`; this module only parses and renders.
 """
 from __future__ import annotations
 
-import time
 from typing import Optional
 
 import typer
 
-from ._training import (AMP, CHANNELS_LAST, DATA_DIR, DOWNLOAD, FORCE, JSON_OUT, RESUME, SAVE_EVERY, SEED,
-                        TRAIN_LIMIT, VAL_FRACTION, VAL_N, is_main_process, load_bundle, make_config, report)
+from ._common import STATE
+from ._training import (AMP, CHANNELS_LAST, DATA_DIR, DOWNLOAD, FORCE, JSON_OUT, RESUME, SAVE_EVERY, SEED, THREADS,
+                        TRAIN_LIMIT, VAL_FRACTION, VAL_N, log_line, render)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("train-teacher")
     def train_teacher(
-        ctx: typer.Context,
         data: str = typer.Option("cifar10", "--data", help="dataset (see `infoard-deploy list datasets`)"),
         data_dir: Optional[str] = DATA_DIR,
         download: bool = DOWNLOAD,
@@ -44,35 +44,16 @@ def register(app: typer.Typer) -> None:
         amp: str = AMP,
         channels_last: bool = CHANNELS_LAST,
         save_every: int = SAVE_EVERY,
+        threads: int = THREADS,
         json_out: bool = JSON_OUT,
     ) -> None:
         """Adversarially train a robust teacher with PGD-AT (Madry 2018) or TRADES (Zhang 2019)."""
-        from ..models import build_model
-        from ..train import build_teacher_method, train
-        from ..utils import seed_everything
+        from ..api import TeacherConfig, train_teacher as api_train_teacher
 
-        t0 = time.perf_counter()
-        m = build_teacher_method(method, steps=attack_steps, step_frac=step_frac,
-                                 **({"beta": beta} if beta is not None else {}))
-        bundle = load_bundle(data, data_dir, download)
-        name = m.name
-        out_dir = out or f"runs/teacher-{bundle.name}-{arch}-{name}"
-        cfg = make_config(out=out_dir, model_name="teacher", eps=eps, epochs=epochs, batch_size=batch_size, lr=lr,
-                          weight_decay=weight_decay, seed=seed, resume=resume, force=force, train_limit=train_limit,
-                          val_fraction=val_fraction, val_n=val_n, amp=amp, channels_last=channels_last,
-                          save_every=save_every, attack_steps=m.steps,
-                          extra={"command": "infoard-deploy train-teacher", "args": dict(ctx.params),
-                                 "step_frac": m.step_frac, **({"beta": m.beta} if hasattr(m, "beta") else {})})
-        cfg = cfg.resolved(m.schedule, bundle.default_eps)
-        seed_everything(seed)
-        c, h, _ = bundle.input_shape
-        model = build_model(arch, bundle.num_classes, c, h, bundle.mean, bundle.std)
-        if is_main_process() and not json_out:
-            from ._common import console
-
-            console.print(f"train-teacher: {name} {arch} on {bundle.name} eps {cfg.eps:.4g}, {cfg.epochs} epochs, "
-                          f"batch {cfg.batch_size}, lr {cfg.lr:g} -> {out_dir}", soft_wrap=True)
-        result = train(model, m, bundle, cfg, card_base={"architecture": arch})
-        report(result, kind="teacher", t0=t0, json_out=json_out,
-               info={"method": name, "architecture": arch, "dataset": bundle.name, "eps": cfg.eps,
-                     "epochs": cfg.epochs})
+        cfg = TeacherConfig(data=data, data_dir=data_dir, download=download, arch=arch, method=method, eps=eps,
+                            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                            attack_steps=attack_steps, step_frac=step_frac, beta=beta, seed=seed, out=out,
+                            resume=resume, force=force, train_limit=train_limit, val_fraction=val_fraction,
+                            val_n=val_n, amp=amp, channels_last=channels_last, save_every=save_every,
+                            device=STATE.device_spec, threads=threads)
+        render(api_train_teacher(cfg, log=log_line(json_out)), json_out)
