@@ -24,17 +24,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CONFIGS = ["ard", "rslad", "iad", "adaad", "infoard", "ard+asa", "ard+mim", "rslad+asa", "rslad+mim"]
+from infoard_deploy.compare import parse_config as _parse  # noqa: E402
 
 
 def parse_config(cfg: str):
-    """``rslad+asa`` adds a component to a base method, ``infoard-asa-mim`` removes them (None: the method's own);
-    an ``@tag`` suffix names a variant whose options come from ``--set tag:key=value``."""
-    base, *mods = re.split(r"(?=[+-](?:asa|mim)\b)", cfg.split("@")[0])
-    flags = {"asa": None, "mim": None}
-    for m in mods:
-        flags[m[1:]] = m[0] == "+"
-    return base, flags["asa"], flags["mim"]
+    """``rslad+asa`` / ``infoard-asa-mim`` as in ``infoard-deploy compare``; an ``@tag`` suffix names a variant
+    whose options come from ``--set tag:key=value``."""
+    return _parse(cfg.split("@")[0])
+
+
+CONFIGS = ["ard", "rslad", "iad", "adaad", "infoard", "ard+asa", "ard+mim", "rslad+asa", "rslad+mim"]
 
 
 def run_one(cfg: str, seed: int, a: dict) -> dict:

@@ -3,7 +3,7 @@ export them to ONNX / TensorRT, and re-verify robustness on the deployed runtime
 
 The public API (imported lazily, so ``import infoard_deploy`` stays cheap)::
 
-    from infoard_deploy import load_model, train_teacher, distill, evaluate, export, verify, bench, run
+    from infoard_deploy import load_model, train_teacher, distill, evaluate, export, verify, bench, run, compare
 
 See :mod:`infoard_deploy.api` for a worked example; ``run`` executes a recipe (:mod:`infoard_deploy.pipeline`).
 """
@@ -14,6 +14,7 @@ _API = {"load_model", "train_teacher", "distill", "evaluate", "export", "verify"
         "ModelSpec", "LoadedModel", "TeacherConfig", "DistillConfig", "EvaluateConfig", "TrainingResult",
         "EvaluationResult", "ExportResult", "VerifyReport", "BenchResult", "Result"}
 _PIPELINE = {"run", "RunResult", "list_recipes"}
+_COMPARE = {"compare", "CompareResult"}
 _ERRORS = {"UserError", "GateFailure"}
 
 
@@ -26,6 +27,10 @@ def __getattr__(name: str):
         from . import pipeline
 
         return getattr(pipeline, name)
+    if name in _COMPARE:
+        from . import compare as _compare_module
+
+        return getattr(_compare_module, name)
     if name in _ERRORS:
         from . import errors
 
@@ -33,4 +38,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'infoard_deploy' has no attribute '{name}'")
 
 
-__all__ = sorted(_API | _PIPELINE | _ERRORS | {"__version__"})
+__all__ = sorted(_API | _PIPELINE | _COMPARE | _ERRORS | {"__version__"})

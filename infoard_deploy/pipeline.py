@@ -121,7 +121,7 @@ class Pipeline:
             s = r.distill
             kw = {**train, "teacher": str(self.teacher_path), "student": s.student, "method": s.method,
                   "asa": s.asa, "mim": s.mim, "epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr,
-                  "opts": dict(s.options), "teacher_mean": r.teacher.mean, "teacher_std": r.teacher.std}
+                  "opts": dict(s.options), "protocol": s.protocol, "teacher_mean": r.teacher.mean, "teacher_std": r.teacher.std}
         elif stage == "evaluate":
             e = r.evaluate
             kw = {"model": str(self.student_path), **data, "eps": r.eps, "attacks": list(e.attacks), "n": e.n,

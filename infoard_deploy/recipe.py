@@ -47,6 +47,7 @@ class DistillSection:
     epochs: Optional[int] = None  # None: the method's published schedule
     batch_size: int = 128
     lr: Optional[float] = None
+    protocol: str = "official"  # official: each method's published settings | matched: same KL, schedule, attack
     options: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,6 +78,26 @@ class VerifySection:
 
 
 @dataclass(frozen=True)
+class CompareSection:
+    """``infoard-deploy compare``: a grid of distillation configs x seeds, evaluated on the same images.
+
+    A config is a method name with ablations: ``rslad+asa`` adds ASA to RSLAD, ``infoard-asa`` removes it.
+    Every student is evaluated at its final epoch on the first ``n`` images of ``split`` with ``attacks``
+    (per-sample worst case), plus the full standard AutoAttack on the first ``aa_n`` (0: off).
+    """
+
+    configs: List[str] = field(default_factory=lambda: ["ard", "rslad", "iad", "adaad", "infoard", "infoard-asa",
+                                                        "infoard-mim"])
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
+    reference: str = "infoard"  # paired differences are reported against this config
+    split: str = "test"  # test | val (choose designs on val, report on test)
+    n: int = 2000
+    attacks: List[str] = field(default_factory=lambda: ["clean", "apgd-ce", "apgd-t"])
+    aa_n: int = 500
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str = "run"
     seed: int = 0
@@ -89,6 +110,7 @@ class Recipe:
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     export: ExportSection = field(default_factory=ExportSection)
     verify: VerifySection = field(default_factory=VerifySection)
+    compare: CompareSection = field(default_factory=CompareSection)
 
     ALL_STAGES = ("teacher", "distill", "evaluate", "export", "verify", "report")
 
@@ -118,7 +140,8 @@ class Recipe:
                              ("evaluate.square_queries", self.evaluate.square_queries),
                              ("export.calib_n", self.export.calib_n), ("verify.n", self.verify.n),
                              ("verify.batch_size", self.verify.batch_size),
-                             ("data.train_limit", self.data.train_limit)):
+                             ("data.train_limit", self.data.train_limit), ("compare.n", self.compare.n),
+                             ("compare.batch_size", self.compare.batch_size)):
             if value is not None and value < 1:
                 raise UserError(f"recipe: {where} must be >= 1, got {value}")
         if self.verify.square_queries < 0:
@@ -132,8 +155,15 @@ class Recipe:
             raise UserError("verify.max_robust_drop must be >= 0")
         if (self.teacher.mean is None) != (self.teacher.std is None):
             raise UserError("teacher.mean and teacher.std go together")
-        if self.evaluate.split not in ("test", "val"):
-            raise UserError(f"recipe: evaluate.split must be test or val, got '{self.evaluate.split}'")
+        for where, split in (("evaluate.split", self.evaluate.split), ("compare.split", self.compare.split)):
+            if split not in ("test", "val"):
+                raise UserError(f"recipe: {where} must be test or val, got '{split}'")
+        if self.distill.protocol not in ("official", "matched"):
+            raise UserError(f"recipe: distill.protocol must be official or matched, got '{self.distill.protocol}'")
+        if self.compare.aa_n < 0:
+            raise UserError(f"recipe: compare.aa_n must be >= 0 (0: off), got {self.compare.aa_n}")
+        if not self.compare.configs or not self.compare.seeds:
+            raise UserError("recipe: compare.configs and compare.seeds must not be empty")
         if "verify" in self.stages and "export" not in self.stages and not self.export.profiles:
             raise UserError("the verify stage needs exported artifacts: keep the export stage or its profiles")
         self._check_names()
@@ -155,7 +185,13 @@ class Recipe:
         if self.teacher.path is None:
             MODELS.get(self.teacher.arch)
             TEACHER_METHODS.get(self.teacher.method)
-        for a in [*self.evaluate.attacks, *self.verify.attacks]:
+        from .compare import parse_config
+
+        for c in [*self.compare.configs, self.compare.reference]:
+            METHODS.get(parse_config(c)[0])
+        if self.compare.reference not in self.compare.configs:
+            raise UserError(f"recipe: compare.reference '{self.compare.reference}' is not one of compare.configs")
+        for a in [*self.evaluate.attacks, *self.verify.attacks, *self.compare.attacks]:
             ATTACKS.get(str(a).strip().lower())
         for p in self.export.profiles:
             if str(p).endswith(".toml") or "/" in str(p):

@@ -70,6 +70,7 @@ class DistillConfig(_TrainingOptions):
     asa: Optional[bool] = None
     mim: Optional[bool] = None
     opts: Dict[str, Any] = field(default_factory=dict)
+    protocol: str = "official"  # official: the method's published settings | matched: shared KL/schedule/attack
     teacher_arch: Optional[str] = None
     teacher_mean: Optional[List[float]] = None
     teacher_std: Optional[List[float]] = None
@@ -212,12 +213,13 @@ def teacher_accuracy(model, bundle, tcfg, n: int = 500) -> Optional[float]:
     return correct / len(val)
 
 
-def build_distill_method(name: str, asa: Optional[bool], mim: Optional[bool], opts: Dict[str, Any]):
+def build_distill_method(name: str, asa: Optional[bool], mim: Optional[bool], opts: Dict[str, Any],
+                         protocol: str = "official"):
     """A method object from the registry; bad options are one-line UserErrors naming the option."""
     from ..methods import build_method
 
     try:
-        return build_method(name, asa=asa, mim=mim, **opts)
+        return build_method(name, asa=asa, mim=mim, protocol=protocol, **opts)
     except TypeError as e:
         raise UserError(f"bad option for method '{name}': {e}") from None
     except ValueError as e:
@@ -243,7 +245,7 @@ def distill(config: Optional[DistillConfig] = None, *, log: Optional[Callable[[s
     t0 = time.perf_counter()
     set_threads(cfg.threads)
     MODELS.get(cfg.student)  # unknown names fail before any loading
-    m = build_distill_method(cfg.method, cfg.asa, cfg.mim, dict(cfg.opts))
+    m = build_distill_method(cfg.method, cfg.asa, cfg.mim, dict(cfg.opts), cfg.protocol)
     bundle = load_data(cfg.data, root=cfg.data_dir, download=cfg.download)
     teacher = load_teacher(cfg.teacher, bundle, cfg.teacher_arch, cfg.teacher_mean, cfg.teacher_std)
     name = getattr(m, "name", cfg.method)

@@ -28,6 +28,9 @@ def register(app: typer.Typer) -> None:
         mim: Optional[bool] = typer.Option(None, "--mim/--no-mim",
                                            help="mutual-information maximisation (default: method's)"),
         opt: Optional[List[str]] = typer.Option(None, "--opt", help="method hyper-parameter key=value (repeatable)"),
+        protocol: str = typer.Option("official", "--protocol",
+                                     help="official: the method's published settings | matched: every method gets "
+                                          "the same KL reduction, schedule and attack budget"),
         teacher_arch: Optional[str] = typer.Option(None, "--teacher-arch",
                                                    help="teacher architecture if it has no card (else inferred)"),
         teacher_mean: Optional[str] = typer.Option(None, "--teacher-mean",
@@ -58,6 +61,7 @@ def register(app: typer.Typer) -> None:
         from ..api import DistillConfig, distill as api_distill
 
         cfg = DistillConfig(teacher=teacher, student=student, method=method, asa=asa, mim=mim, opts=parse_opts(opt),
+                            protocol=protocol,
                             teacher_arch=teacher_arch, teacher_mean=floats(teacher_mean, "--teacher-mean"),
                             teacher_std=floats(teacher_std, "--teacher-std"), data=data, data_dir=data_dir,
                             download=download, eps=eps, epochs=epochs, batch_size=batch_size, lr=lr,
