@@ -159,25 +159,18 @@ def evaluate(model: Union[str, Path], config: Optional[EvaluateConfig] = None, *
                          n=len(idx), num_classes=loaded.card.num_classes, seed=cfg.seed,
                          device=parse_device(cfg.device), progress=progress, overrides=overrides,
                          architecture=loaded.card.architecture, dataset=bundle.name, split=cfg.split,
-                         **_provenance_kwargs(loaded))
+                         normalisation=loaded.normalisation(), warnings=_other_warnings(loaded))
     res.extra.update({"model": str(path), "model_sha256": sha256_file(path), "trained_eps": loaded.card.eps,
                       "batch_size": cfg.batch_size, "model_loading": loaded.to_dict()})
     return EvaluationResult(res, res.to_json())
 
 
-def _provenance_kwargs(loaded) -> Dict[str, Any]:
-    """Normalisation and loader warnings for ``evaluate_model``, when it records provenance."""
-    import inspect
-
-    from ..evaluate import evaluate_model
-
-    params = inspect.signature(evaluate_model).parameters
-    out: Dict[str, Any] = {}
-    if "normalisation" in params:
-        out["normalisation"] = loaded.normalisation()
-    if "warnings" in params:
-        out["warnings"] = list(loaded.warnings)
-    return out
+def _other_warnings(loaded) -> List[str]:
+    """The loader's warnings, less the one about assumed normalisation that ``evaluate_model`` writes itself
+    from ``normalisation["source"] == "assumed"`` (one warning per assumption)."""
+    if loaded.normalisation_source != "assumed":
+        return list(loaded.warnings)
+    return [w for w in loaded.warnings if "normalisation" not in w.lower() and "mean" not in w.lower()]
 
 
 __all__ = ["EvaluateConfig", "EvaluationResult", "evaluate", "parse_attack_opts", "DEFAULT_ATTACKS"]

@@ -113,6 +113,30 @@ def _train_config(o: _TrainingOptions, *, out: str, model_name: str, attack_step
         extra=dict(extra or {}))
 
 
+def training_provenance(bundle, tcfg, normalisation: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """What a training number depends on: software versions, the exact training / validation examples (content
+    hashes of their float32 pixels and labels, in order), how seeds derive per epoch, the normalisation applied."""
+    from ..data import BatchLoader, split_indices
+    from ..provenance import DataFingerprint, software_versions
+
+    train_idx, val_idx = split_indices(len(bundle.train), tcfg.val_fraction, tcfg.seed, tcfg.train_limit)
+    data: Dict[str, Any] = {"name": bundle.name, "split": "train", "val_fraction": tcfg.val_fraction,
+                            "train_limit": tcfg.train_limit}
+    for key, idx in (("train", train_idx), ("val", val_idx)):
+        fp = DataFingerprint()
+        for x, y, _ in BatchLoader(bundle.train, idx, batch_size=1024):
+            fp.update(x, y)
+        data[key] = {"n": int(len(idx)), "sha256": fp.hexdigest()}
+    return {"software": software_versions(), "data": data,
+            "seed_scheme": {"kind": "train", "seed": tcfg.seed,
+                            "formula": "per (seed, epoch, rank): numpy SeedSequence([seed mod 2**32, epoch, rank, "
+                                       "0x1AFD]) -> python, numpy, torch and the attack generator re-seeded each epoch",
+                            "split": "validation = the first round(n * val_fraction) of "
+                                     "default_rng(seed + 7919).permutation(n) over the training data"},
+            "normalisation": normalisation or {"mean": list(bundle.mean), "std": list(bundle.std),
+                                               "source": "dataset statistics (inside the model)"}}
+
+
 def _result(result, *, kind: str, t0: float, info: Dict[str, Any], warnings: Sequence[str] = ()) -> TrainingResult:
     m = result.metrics or {}
     path = result.final_model_path
@@ -166,7 +190,7 @@ def train_teacher(config: Optional[TeacherConfig] = None, *, log: Optional[Calla
     result = train(model, m, bundle, tcfg, card_base={"architecture": cfg.arch})
     return _result(result, kind="teacher", t0=t0,
                    info={"method": m.name, "architecture": cfg.arch, "dataset": bundle.name, "eps": tcfg.eps,
-                         "epochs": tcfg.epochs, "command": cmd})
+                         "epochs": tcfg.epochs, "command": cmd, "provenance": training_provenance(bundle, tcfg)})
 
 
 def load_teacher(path: str | Path, bundle, arch: Optional[str] = None, mean: Optional[Sequence[float]] = None,
@@ -280,7 +304,9 @@ def distill(config: Optional[DistillConfig] = None, *, log: Optional[Callable[[s
                    info={"method": name, "architecture": cfg.student, "teacher": str(cfg.teacher),
                          "teacher_architecture": teacher.card.architecture, "teacher_val_clean": t_acc,
                          "teacher_normalisation": teacher.normalisation(), "dataset": bundle.name,
-                         "eps": tcfg.eps, "epochs": tcfg.epochs, "command": cmd})
+                         "eps": tcfg.eps, "epochs": tcfg.epochs, "command": cmd,
+                         "provenance": {**training_provenance(bundle, tcfg),
+                                        "teacher_normalisation": teacher.normalisation()}})
 
 
 __all__ = ["TeacherConfig", "DistillConfig", "TrainingResult", "train_teacher", "distill", "load_teacher",
