@@ -8,6 +8,12 @@ judged (violations are reported by the ``adv_in_bounds`` check). Memory is bound
 data are iterated batch by batch and only one bool per sample and attack is kept. Results are
 deterministic given ``seed`` (and the batch size): each (batch, attack) call gets its own derived seed.
 
+Every result records its provenance (:mod:`.provenance`), so the number can be reproduced from the JSON
+alone: software versions, a content hash of the exact examples evaluated, the seed scheme, the model's
+normalisation and where it came from, and every attack's full settings (including the constructor
+arguments of each torchattacks object, AA components too). The sanity checks
+(:mod:`.evaluate_checks`) accumulate over all evaluated examples, not just the first batch.
+
 Inputs: ``model`` maps float (B, C, H, W) in [0,1] to logits (B, K); ``data`` yields ``(x, y)`` or
 ``(x, y, idx)`` batches (e.g. a :class:`~infoard_deploy.data.BatchLoader`).
 """
@@ -26,8 +32,10 @@ from .attacks import ATTACKS
 from .attacks.cascade import AutoAttackCascade
 from .attacks.suite import AA_COMPONENTS, make_attack, project_into_ball
 from .errors import UserError
-from .evaluate_checks import (BoundsTracker, Check, ProbabilityCheck, black_box_check, deterministic_check,
-                              gradient_check, square_and_white_flags)
+from .evaluate_checks import (BoundsTracker, Check, DeterminismCheck, GradientCheck, ProbabilityCheck,
+                              black_box_check, square_and_white_flags)
+from .provenance import (DataFingerprint, batch_seed, resolve_normalisation, runtime_record, seed_scheme,
+                         software_versions)
 
 SCHEMA = "infoard-deploy.evaluate/1"
 
@@ -53,7 +61,9 @@ class EvalResult:
     """Per-attack robust accuracy (fractions in [0,1] here, percent in :meth:`to_json`), per-sample flags, checks.
 
     ``aa_broken_by`` (n,) int8 when ``aa`` ran: -1 robust, 0 misclassified clean, k >= 1 broken first by
-    ``aa_components[k-1]``.
+    ``aa_components[k-1]``. ``provenance``: software, data fingerprint, seed scheme, normalisation, runtime
+    (see :mod:`.provenance`); ``notes``: warnings about the run itself (e.g. assumed normalisation), which
+    :attr:`warnings` lists ahead of the failed warning-level checks.
     """
 
     eps: float
@@ -70,6 +80,8 @@ class EvalResult:
     dataset: Optional[str] = None
     split: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
+    provenance: Dict[str, Any] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
 
     @property
     def n_examples(self) -> int:
@@ -91,11 +103,22 @@ class EvalResult:
         return [k for k, c in self.checks.items() if c.status == "error"]
 
     @property
-    def warnings(self) -> List[str]:
+    def warned_checks(self) -> List[str]:
+        """Names of the warning-level checks that fired."""
         return [k for k, c in self.checks.items() if c.status == "warn"]
 
+    @property
+    def warnings(self) -> List[str]:
+        """Human-readable warnings: the run's :attr:`notes`, then ``"<check>: <message>"`` per fired check."""
+        return list(self.notes) + [f"{k}: {self.checks[k].message}" for k in self.warned_checks]
+
     def to_json(self, per_sample: bool = True) -> Dict[str, Any]:
-        """RobustBench-style report; accuracies in percent. Per-sample flags as '0'/'1' strings."""
+        """RobustBench-style report; accuracies in percent. Per-sample flags as '0'/'1' strings.
+
+        ``provenance`` (software, data hash, seed scheme, normalisation, runtime), ``attack_settings`` (each
+        attack's settings and torchattacks constructor arguments), ``warnings`` (messages), ``warned_checks``
+        and ``errors`` (check names) make the report self-describing.
+        """
         pct = lambda v: round(100.0 * v, 4)  # noqa: E731
         out: Dict[str, Any] = {
             "schema": SCHEMA, "threat_model": "Linf", "eps": self.eps, "eps_255": round(self.eps * 255, 4),
@@ -116,7 +139,8 @@ class EvalResult:
         if self.aa_components:
             out["aa_cascade"] = [{**c, "robust_acc_after": pct(c["robust_acc_after"])} for c in self.aa_components]
         out["checks"] = {k: c.to_json() for k, c in self.checks.items()}
-        out["warnings"], out["errors"] = self.warnings, self.errors
+        out["warnings"], out["warned_checks"], out["errors"] = self.warnings, self.warned_checks, self.errors
+        out["provenance"] = self.provenance
         if per_sample:
             bits = lambda a: "".join("1" if v else "0" for v in a)  # noqa: E731
             ps: Dict[str, Any] = {"robust": {k: bits(a.robust) for k, a in self.attacks.items()},
@@ -159,8 +183,7 @@ def _frozen_eval(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _batch_seed(seed: int, batch: int, attack: int) -> int:
-    return (int(seed) * 1_000_003 + batch * 7_919 + attack * 104_729) % (2**31)
+_batch_seed = batch_seed  # the per-(batch, attack) seed; documented by provenance.seed_scheme("evaluate")
 
 
 def _progress(progress: Any, total: Optional[int]):
@@ -202,12 +225,18 @@ def evaluate_model(model: nn.Module, data: Iterable, eps: float, attacks: Union[
                    device: Union[str, torch.device] = "cpu", progress: Any = True, *,
                    overrides: Optional[Dict[str, Dict[str, Any]]] = None, architecture: Optional[str] = None,
                    dataset: Optional[str] = None, split: Optional[str] = None, square_alpha: float = 0.002,
-                   tol: float = 1e-6) -> EvalResult:
+                   tol: float = 1e-6, normalisation: Optional[Dict[str, Any]] = None,
+                   warnings: Sequence[str] = ()) -> EvalResult:
     """Evaluate ``model`` under ``attacks`` at L-inf radius ``eps`` on the first ``n`` samples of ``data``.
 
     ``overrides``: per-attack settings, e.g. ``{"square": {"n_queries": 200}}`` (component settings also
     apply inside ``aa``). ``progress``: True, False or a rich Console. The model is moved to ``device``;
     its train/eval mode and ``requires_grad`` flags are restored afterwards.
+
+    ``normalisation``: what the loader knows, ``{"mean": [...], "std": [...], "source": "card" | "flag" |
+    "file" | "architecture" | "assumed"}`` (recorded in ``provenance``; ``assumed`` or a missing source adds a
+    warning; mean/std default to the model's own ``Normalized`` layer, and a mismatch with it warns).
+    ``warnings``: the caller's messages, copied into the report's ``warnings``.
     """
     eps = float(eps)
     if not 0.0 < eps <= 1.0:
@@ -221,6 +250,11 @@ def evaluate_model(model: nn.Module, data: Iterable, eps: float, attacks: Union[
             raise UserError(ATTACKS.unknown_message(k))
     dev = torch.device(device)
     model = model.to(dev)
+    notes = [str(w) for w in warnings]
+    try:
+        norm = resolve_normalisation(model, normalisation, notes)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     flags: Dict[str, List[np.ndarray]] = {k: [] for k in names}
     secs = {k: 0.0 for k in names}
     attacked = {k: 0 for k in names}
@@ -228,7 +262,8 @@ def evaluate_model(model: nn.Module, data: Iterable, eps: float, attacks: Union[
     aa_secs: Dict[str, float] = {}
     aa_att: Dict[str, int] = {}
     checks: Dict[str, Check] = {}
-    probs, bounds = ProbabilityCheck(), BoundsTracker(tol)
+    probs, bounds, det, grads = ProbabilityCheck(), BoundsTracker(tol), DeterminismCheck(), GradientCheck()
+    fingerprint, batch_sizes = DataFingerprint(), []
     built: Dict[str, Any] = {}
     k = num_classes
     total = int(n) if n is not None else None
@@ -247,6 +282,9 @@ def evaluate_model(model: nn.Module, data: Iterable, eps: float, attacks: Union[
             if x.shape[0] == 0:
                 break
             _check_batch(x, y)
+            idx = batch[2][: x.shape[0]] if len(batch) > 2 else None
+            fingerprint.update(x.to(torch.float32), y.to(torch.int64), idx)  # the examples exactly as evaluated
+            batch_sizes.append(int(x.shape[0]))
             x, y = x.to(dev, torch.float32), y.to(dev, torch.int64)
             t0 = time.perf_counter()
             with torch.no_grad():
@@ -260,14 +298,14 @@ def evaluate_model(model: nn.Module, data: Iterable, eps: float, attacks: Union[
             if int(y.min()) < 0 or int(y.max()) >= k:
                 raise UserError(f"labels must lie in [0, {k - 1}]; found {int(y.min())}..{int(y.max())}")
             if b == 0:
-                checks["deterministic_eval"] = deterministic_check(model, x)
-                checks["nonzero_input_gradients"] = gradient_check(model, x, y)
                 built = _build(names, model, eps, k, seed, overrides)
-            probs.update(logits)
             ok = logits.argmax(1) == y
             flags["clean"].append(ok.cpu().numpy())
             secs["clean"] += time.perf_counter() - t0
             attacked["clean"] += int(x.shape[0])
+            probs.update(logits)  # the checks see every batch
+            det.update(model, x, logits)
+            grads.update(model, x, y)
             for i, name in enumerate(names[1:], start=1):
                 atk = built[name]
                 atk.reseed(_batch_seed(seed, b, i))
@@ -320,7 +358,15 @@ def evaluate_model(model: nn.Module, data: Iterable, eps: float, attacks: Union[
         results[name] = AttackResult(name, np.concatenate(flags[name]), settings, wb, secs[name], attacked[name])
     worst = np.logical_and.reduce([r.robust for r in results.values()])
     res = EvalResult(eps, int(seed), int(k), results, worst, checks, time.perf_counter() - t_start, str(dev),
-                     architecture=architecture, dataset=dataset, split=split)
+                     architecture=architecture, dataset=dataset, split=split, notes=notes)
+    res.provenance = {
+        "software": software_versions(),
+        "data": {"name": dataset, "split": split, **fingerprint.to_json()},
+        "seed_scheme": seed_scheme("evaluate", seed=seed, attacks=names, batch_size=batch_sizes[0],
+                                   batches=len(batch_sizes)),
+        "normalisation": norm,
+        "runtime": runtime_record(dev),
+    }
     if aa_by:
         res.aa_broken_by = np.concatenate(aa_by)
         comps = built["aa"].names
@@ -330,6 +376,7 @@ def evaluate_model(model: nn.Module, data: Iterable, eps: float, attacks: Union[
             res.aa_components.append({"attack": c, "broken": int(np.sum(res.aa_broken_by == j)),
                                       "attacked": aa_att.get(c, 0), "seconds": round(aa_secs.get(c, 0.0), 4),
                                       "robust_acc_after": float(after.mean())})
+    checks["deterministic_eval"], checks["nonzero_input_gradients"] = det.result(), grads.result()
     _finish_checks(res, probs, bounds, square_alpha)
     return res
 

@@ -1,11 +1,16 @@
 """Named sanity checks for a robustness evaluation (AutoAttack's ``checks.py`` / ``flags_doc.md`` red flags).
 
-Each check yields a :class:`Check` with ``status`` ``ok`` | ``warn`` | ``error`` | ``skipped``:
+Every check sees *every* evaluated example: the evaluator feeds each batch to an accumulator
+(:class:`ProbabilityCheck`, :class:`DeterminismCheck`, :class:`GradientCheck`, :class:`BoundsTracker`)
+and reads one :class:`Check` at the end, whose JSON states how many examples it covered (``checked``)
+-- fra31's checks look at the first batch only, which misses a model that misbehaves on later inputs.
+Each :class:`Check` has ``status`` ``ok`` | ``warn`` | ``error`` | ``skipped``:
 
 * ``logits_not_probabilities`` (warning): the model returns rows in [0,1] that sum to 1, i.e. softmax
-  probabilities; CE/DLR on probabilities saturates and attacks under-perform (AA flag "softmax output").
-* ``deterministic_eval`` (warning): two eval-mode forward passes on one batch differ (dropout left on,
-  added noise, randomised defence) -> plain attacks overestimate robustness; use EoT (AA ``version='rand'``).
+  probabilities, on most rows overall or on most rows of any one batch; CE/DLR on probabilities
+  saturates and attacks under-perform (AA flag "softmax output").
+* ``deterministic_eval`` (warning): two eval-mode forward passes on the same inputs differ (dropout left
+  on, added noise, randomised defence) -> plain attacks overestimate robustness; use EoT (AA ``version='rand'``).
 * ``nonzero_input_gradients`` (warning): some samples have an all-zero input gradient of the margin loss
   (AA's ``check_zero_gradients``) -> gradient masking; gradient attacks cannot move those samples.
 * ``adv_in_bounds`` (error): an attack returned points outside ``[x-eps, x+eps] ∩ [0,1]``. The evaluator
@@ -45,69 +50,145 @@ def _fail(name: str, level: str, message: str, **details: Any) -> Check:
 
 
 class ProbabilityCheck:
-    """``logits_not_probabilities``: fed every batch of clean outputs (B, K)."""
+    """``logits_not_probabilities``: fed every batch of clean outputs (B, K).
+
+    Fires when more than ``frac`` of all rows, or of the rows of any one batch, look like probabilities
+    (a model that switches to softmax on some inputs is caught even when those are a minority overall).
+    """
 
     name = "logits_not_probabilities"
 
     def __init__(self, frac: float = 0.5, sum_tol: float = 1e-3):
         self.frac, self.sum_tol = frac, sum_tol
-        self.rows = self.prob_rows = 0
+        self.rows = self.prob_rows = self.batches = 0
+        self.flagged_batches: List[int] = []
 
     def update(self, out: torch.Tensor) -> None:
         out = out.detach().float()
         like = (out.amin(1) >= -1e-6) & (out.amax(1) <= 1 + 1e-6) & ((out.sum(1) - 1).abs() <= self.sum_tol)
+        n = int(like.sum())
+        if out.shape[0] and n > self.frac * out.shape[0]:
+            self.flagged_batches.append(self.batches)
+        self.batches += 1
         self.rows += out.shape[0]
-        self.prob_rows += int(like.sum())
+        self.prob_rows += n
 
     def result(self) -> Check:
         if not self.rows:
             return Check(self.name, "warning", "skipped", "no outputs seen")
         share = self.prob_rows / self.rows
-        if share > self.frac:
-            return _fail(self.name, "warning", f"{share:.0%} of output rows are probabilities (in [0,1], sum 1); "
-                         "attacks need logits -- remove the final softmax", share=share)
-        return Check(self.name, "warning", "ok", "outputs are logits", {"share": share})
+        details = {"share": share, "checked": self.rows, "batches": self.batches,
+                   "flagged_batches": self.flagged_batches}
+        if share > self.frac or self.flagged_batches:
+            return _fail(self.name, "warning", f"{self.prob_rows} of {self.rows} output rows ({share:.0%}) are "
+                         f"probabilities (in [0,1], sum 1), most rows of batch(es) {self.flagged_batches}; "
+                         "attacks need logits -- remove the final softmax", **details)
+        return Check(self.name, "warning", "ok", f"outputs are logits (all {self.rows} examples checked)", details)
+
+
+class DeterminismCheck:
+    """``deterministic_eval``: per batch, a second eval-mode forward must reproduce the clean logits.
+
+    ``update(model, x, first)`` with ``first`` the logits (B, K) already computed on ``x`` (B, C, H, W)
+    costs one extra forward per batch; the largest relative difference and the differing rows accumulate.
+    """
+
+    name = "deterministic_eval"
+
+    def __init__(self, rtol: float = 1e-4):
+        self.rtol, self.rows, self.differ, self.max_diff = rtol, 0, 0, 0.0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, x: torch.Tensor, first: Optional[torch.Tensor] = None) -> None:
+        a = (model(x) if first is None else first).detach().float()
+        b = model(x).float()
+        self.rows += int(x.shape[0])
+        if not a.numel():
+            return
+        diff = (a - b).abs().amax(1)
+        scale = 1.0 + a.abs().amax(1)
+        bad = ~torch.isfinite(diff) | (diff > self.rtol * scale)
+        self.differ += int(bad.sum())
+        d = float(diff.max())
+        self.max_diff = max(self.max_diff, d if np.isfinite(d) else float("inf"))
+
+    def result(self) -> Check:
+        details = {"max_diff": self.max_diff, "differing": self.differ, "checked": self.rows}
+        if not self.rows:
+            return Check(self.name, "warning", "skipped", "no inputs seen", details)
+        if self.differ:
+            return _fail(self.name, "warning", f"two eval-mode forward passes differ on {self.differ} of {self.rows} "
+                         f"examples (max |diff| {self.max_diff:.3g}): the model is randomised (dropout on? noise?); "
+                         "its robustness is overestimated by plain attacks", **details)
+        return Check(self.name, "warning", "ok", f"eval-mode forward passes agree (all {self.rows} examples checked)",
+                     details)
 
 
 @torch.no_grad()
 def deterministic_check(model: nn.Module, x: torch.Tensor, rtol: float = 1e-4) -> Check:
-    """``deterministic_eval``: two eval-mode forwards on the same batch ``x`` (B, C, H, W) must agree."""
-    name = "deterministic_eval"
-    a, b = model(x).float(), model(x).float()
-    diff = float((a - b).abs().max()) if a.numel() else 0.0
-    scale = 1.0 + float(a.abs().max()) if a.numel() else 1.0
-    if not np.isfinite(diff) or diff > rtol * scale:
-        return _fail(name, "warning", f"two eval-mode forward passes differ (max |diff| {diff:.3g}): the model is "
-                     "randomised (dropout on? noise?); its robustness is overestimated by plain attacks", max_diff=diff)
-    return Check(name, "warning", "ok", "eval-mode forward passes agree", {"max_diff": diff})
+    """``deterministic_eval`` on one batch ``x`` (B, C, H, W): two eval-mode forwards must agree."""
+    c = DeterminismCheck(rtol)
+    c.update(model, x)
+    return c.result()
 
 
-def gradient_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Check:
-    """``nonzero_input_gradients``: input gradient of the margin loss max_{j!=y} z_j - z_y, per sample.
+def zero_gradient_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Optional[torch.Tensor]:
+    """(B,) bool: samples whose input gradient of the margin loss max_{j!=y} z_j - z_y is all zero.
 
     The margin (not CE) is used because CE's gradient underflows to 0 on very confident samples, which
-    would be a false alarm; a zero margin gradient means the model is locally flat (masking).
+    would be a false alarm; a zero margin gradient means the model is locally flat (masking). A graph that
+    does not reach the input counts as zero everywhere. None when the model has fewer than 2 outputs.
     """
-    name = "nonzero_input_gradients"
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         z = model(x).float()
         if z.shape[1] < 2:
-            return Check(name, "warning", "skipped", "fewer than 2 outputs")
+            return None
         zy = z.gather(1, y[:, None]).squeeze(1)
         other = z.masked_fill(torch.nn.functional.one_hot(y, z.shape[1]).bool(), float("-inf")).amax(1)
         loss = (other - zy).sum()
-        # a graph that does not reach the input (no autograd at all) counts as zero gradient everywhere
         g = torch.autograd.grad(loss, [x], allow_unused=True)[0] if loss.requires_grad else None
     if g is None:
-        zero = torch.ones(x.shape[0], dtype=torch.bool)
-    else:
-        zero = g.flatten(1).abs().amax(1) == 0
-    n = int(zero.sum())
-    if n:
-        return _fail(name, "warning", f"{n} of {x.shape[0]} samples have an all-zero input gradient: gradient "
-                     "masking; white-box results are unreliable (use Square / an adaptive attack)", zero=n, of=x.shape[0])
-    return Check(name, "warning", "ok", "input gradients are non-zero", {"zero": 0, "of": int(x.shape[0])})
+        return torch.ones(x.shape[0], dtype=torch.bool)
+    return (g.flatten(1).abs().amax(1) == 0).cpu()
+
+
+class GradientCheck:
+    """``nonzero_input_gradients`` over every batch: ``update(model, x, y)`` adds the zero-gradient count."""
+
+    name = "nonzero_input_gradients"
+
+    def __init__(self) -> None:
+        self.rows = self.zero = 0
+        self.no_classes = False
+
+    def update(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        zero = zero_gradient_rows(model, x, y)
+        if zero is None:
+            self.no_classes = True
+            return
+        self.rows += int(x.shape[0])
+        self.zero += int(zero.sum())
+
+    def result(self) -> Check:
+        if self.no_classes:
+            return Check(self.name, "warning", "skipped", "fewer than 2 outputs")
+        details = {"zero": self.zero, "of": self.rows, "checked": self.rows}
+        if not self.rows:
+            return Check(self.name, "warning", "skipped", "no inputs seen", details)
+        if self.zero:
+            return _fail(self.name, "warning", f"{self.zero} of {self.rows} samples have an all-zero input gradient: "
+                         "gradient masking; white-box results are unreliable (use Square / an adaptive attack)",
+                         **details)
+        return Check(self.name, "warning", "ok", f"input gradients are non-zero (all {self.rows} examples checked)",
+                     details)
+
+
+def gradient_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Check:
+    """``nonzero_input_gradients`` on one batch (see :func:`zero_gradient_rows`)."""
+    c = GradientCheck()
+    c.update(model, x, y)
+    return c.result()
 
 
 class BoundsTracker:

@@ -166,3 +166,59 @@ def test_cascade_counts_a_sample_robust_only_if_it_survives_every_attack():
     assert out.attacked == [5, 3, 2, 2]
     assert float((out.x_adv - x).abs().max()) <= eps + 1e-6
     assert torch.equal(out.x_adv[4], x[4])  # unbroken samples keep the clean input
+
+
+# fra31/auto-attack AutoAttack(norm='Linf', version='standard'): constructor values, then set_version('standard')
+AA_STANDARD = {
+    "apgd-ce": {"steps": 100, "n_restarts": 1, "loss": "ce", "eot_iter": 1, "thr_decr": 0.75, "norm": "Linf"},
+    "apgd-t": {"steps": 100, "n_restarts": 1, "n_target_classes": 9, "eot_iter": 1, "thr_decr": 0.75, "norm": "Linf"},
+    "fab-t": {"steps": 100, "n_restarts": 1, "n_target_classes": 9, "multi_targeted": True, "alpha_max": 0.1,
+              "eta": 1.05, "beta": 0.9, "norm": "Linf"},
+    "square": {"n_queries": 5000, "n_restarts": 1, "p_init": 0.8, "loss": "margin", "rescale_schedule": False,
+               "norm": "Linf"},
+}
+
+
+def test_aa_standard_uses_the_reference_settings_for_every_component(toy):
+    """Read back from the built torchattacks objects: what runs is the reference's standard version."""
+    import torchattacks
+
+    model, _, _ = toy
+    eps = 8 / 255
+    aa = make_attack("aa", model, eps, num_classes=10)
+    assert aa.version == "standard" and aa.settings["version"] == "standard"
+    assert aa.names == ["apgd-ce", "apgd-t", "fab-t", "square"]  # the reference's order
+    classes = {"apgd-ce": torchattacks.APGD, "apgd-t": torchattacks.APGDT, "fab-t": torchattacks.FAB,
+               "square": torchattacks.Square}
+    for comp in aa.components:
+        built = comp.attack
+        assert type(built) is classes[comp.name]
+        assert built.eps == pytest.approx(eps)
+        for attr, want in AA_STANDARD[comp.name].items():
+            assert getattr(built, attr) == want, f"{comp.name}.{attr} = {getattr(built, attr)}, reference {want}"
+        # standalone components are the same attack with the same settings
+        alone = make_attack(comp.name, model, eps, num_classes=10).attack
+        assert {a: getattr(alone, a) for a in AA_STANDARD[comp.name]} == AA_STANDARD[comp.name]
+    assert aa.components[-1].attack.rescale_schedule is False  # torchattacks' default is True
+    assert "resc_schedule off" in ATTACKS.meta("square")["about"]
+
+
+def test_settings_record_the_constructor_arguments(toy):
+    model, _, _ = toy
+    aa = make_attack("aa", model, 8 / 255, num_classes=10)
+    d = aa.describe()
+    assert d["version"] == "standard" and d["order"] == aa.names
+    sq = d["square"]["constructor"]
+    assert sq["class"] == "torchattacks.attacks.square.Square"
+    assert sq["args"] == {"norm": "Linf", "eps": pytest.approx(8 / 255), "n_queries": 5000, "n_restarts": 1,
+                          "p_init": 0.8, "loss": "margin", "resc_schedule": False}
+    assert d["apgd-ce"]["constructor"]["args"]["rho"] == 0.75 and d["apgd-ce"]["constructor"]["args"]["loss"] == "ce"
+    assert d["apgd-t"]["constructor"]["args"]["n_classes"] == 10  # 9 target classes
+    assert d["fab-t"]["constructor"]["args"]["multi_targeted"] is True
+    pgd = make_attack("pgd20", model, 0.1, num_classes=10).describe()["constructor"]["args"]
+    assert pgd == {"eps": 0.1, "alpha": pytest.approx(0.025), "steps": 20, "random_start": True}
+    assert make_attack("cw", model, 0.1, num_classes=10).describe()["constructor"]["args"]["kappa"] == 50.0
+    # any override makes the cascade "custom", and the override is what the object holds
+    custom = make_attack("aa", model, 8 / 255, num_classes=10, square={"n_queries": 100, "resc_schedule": "true"})
+    assert custom.version == "custom" and custom.describe()["version"] == "custom"
+    assert custom.components[-1].attack.n_queries == 100 and custom.components[-1].attack.rescale_schedule is True

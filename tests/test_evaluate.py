@@ -99,6 +99,52 @@ def test_json_report_has_every_field(digits, robust_model):
     assert all(len(v) == 20 for v in j["per_sample"]["robust"].values())
     assert len(j["per_sample"]["aa_broken_by"]) == 20
     assert j["timings"]["aa"]["attacked"] == int(res.clean.sum())
+    # provenance: enough to reproduce the numbers from the JSON alone
+    from infoard_deploy.data import to_tensor
+    from infoard_deploy.provenance import PACKAGES, DataFingerprint
+
+    prov = j["provenance"]
+    assert {"software", "data", "seed_scheme", "normalisation", "runtime"} <= set(prov)
+    assert {"python", *PACKAGES} <= set(prov["software"]) and prov["software"]["torch"] == torch.__version__
+    x, y = digits.test.get(np.arange(20))
+    assert prov["data"]["sha256"] == DataFingerprint.of(to_tensor(x), torch.from_numpy(y)).hexdigest()
+    assert prov["data"]["name"] == "digits" and prov["data"]["split"] == "test" and prov["data"]["n"] == 20
+    assert prov["data"]["indices"]["first"] == 0 and prov["data"]["indices"]["last"] == 19
+    assert prov["data"]["indices"]["contiguous"] is True
+    s = prov["seed_scheme"]
+    assert s["seed"] == 3 and s["attack_order"] == ["clean", "fgsm", "square", "aa"]
+    assert s["batch_size"] == 8 and s["batches"] == 3 and "formula" in s
+    assert prov["normalisation"] == {"mean": pytest.approx(list(digits.mean)), "std": pytest.approx(list(digits.std)),
+                                     "source": None}  # read from the model; nobody said where it came from
+    assert any("normalisation source not recorded" in w for w in j["warnings"])
+    # every attack's full settings, AA components included, as the torchattacks objects hold them
+    aa = j["attack_settings"]["aa"]
+    assert aa["version"] == "custom" and aa["order"] == ["apgd-ce", "apgd-t", "fab-t", "square"]  # SMALL_AA
+    assert aa["square"]["constructor"]["args"]["resc_schedule"] is False
+    assert aa["square"]["constructor"]["args"]["n_queries"] == 100
+    assert aa["apgd-t"]["constructor"]["args"]["steps"] == 30 and aa["fab-t"]["constructor"]["args"]["n_classes"] == 4
+    assert j["attack_settings"]["fgsm"]["constructor"]["args"] == {"eps": EPS}
+    assert all(c["checked"] == 20 for k, c in j["checks"].items() if k != "black_box_beats_white_box"
+               and "checked" in c)
+
+
+def test_normalisation_and_caller_warnings_are_recorded(digits, robust_model):
+    loader = lambda: _test_loader(digits, 8)  # noqa: E731
+    mean, std = list(digits.mean), list(digits.std)
+    res = evaluate_model(robust_model, loader(), EPS, "clean", progress=False,
+                         normalisation={"mean": mean, "std": std, "source": "card"}, warnings=["loader: note"])
+    j = res.to_json()
+    assert j["provenance"]["normalisation"]["source"] == "card" and j["warnings"] == ["loader: note"]
+    j = evaluate_model(robust_model, loader(), EPS, "clean", progress=False,
+                       normalisation={"mean": mean, "std": std, "source": "assumed"}).to_json()
+    assert len(j["warnings"]) == 1 and "assumed" in j["warnings"][0]
+    j = evaluate_model(robust_model, loader(), EPS, "clean", progress=False,
+                       normalisation={"mean": [0.5], "std": [0.5], "source": "flag"}).to_json()
+    assert any("model's own layer" in w for w in j["warnings"])
+    from infoard_deploy.errors import UserError
+
+    with pytest.raises(UserError, match="source"):
+        evaluate_model(robust_model, loader(), EPS, "clean", progress=False, normalisation={"source": "guess"})
 
 
 def test_streaming_stops_at_n_and_is_deterministic(digits, robust_model):
@@ -157,7 +203,8 @@ class _Rounded(nn.Module):
 def test_softmax_output_is_flagged(digits, robust_model):
     res = evaluate_model(_Softmax(robust_model), _test_loader(digits, 16), EPS, "clean", progress=False)
     assert res.checks["logits_not_probabilities"].status == "warn"
-    assert "logits_not_probabilities" in res.warnings
+    assert "logits_not_probabilities" in res.warned_checks
+    assert any(w.startswith("logits_not_probabilities: ") for w in res.warnings)
 
 
 def test_randomised_model_is_flagged(digits, robust_model):
@@ -179,6 +226,51 @@ def test_gradient_masking_is_flagged(digits, robust_model):
     ok = plain.checks["black_box_beats_white_box"]
     assert ok.status == "ok" and ok.details["white_box_robust"] > 10
     assert plain.checks["nonzero_input_gradients"].status == "ok"
+
+
+class _Marked(nn.Module):
+    """Misbehaves only on images whose first pixel is exactly 1 (the second batch in the test below)."""
+
+    def __init__(self, net, how):
+        super().__init__()
+        self.net, self.how = net, how
+
+    def forward(self, x):
+        out = self.net(x)
+        mark = (x[:, 0, 0, 0] == 1.0)[:, None]
+        bad = {"softmax": lambda: out.softmax(1), "flat": lambda: out.detach(),
+               "noisy": lambda: out + torch.randn_like(out)}[self.how]()
+        return torch.where(mark, bad, out)
+
+
+@pytest.mark.parametrize("how,check", [("softmax", "logits_not_probabilities"), ("flat", "nonzero_input_gradients"),
+                                       ("noisy", "deterministic_eval")])
+def test_checks_cover_every_batch(digits, robust_model, how, check):
+    """A model that is fine on the first batch and misbehaves on the second is still caught."""
+    from infoard_deploy.data import to_tensor
+    from infoard_deploy.evaluate_checks import deterministic_check, gradient_check
+
+    x, y = digits.test.get(np.arange(16))
+    x, y = to_tensor(x), torch.from_numpy(y)
+    assert float(x[:, 0, 0, 0].max()) < 1.0
+    x[8:, 0, 0, 0] = 1.0
+    model = _Marked(robust_model, how).eval()
+    batches = [(x[:8], y[:8]), (x[8:], y[8:])]
+    # the first batch alone looks clean (what a first-batch-only check would have seen)
+    assert deterministic_check(model, x[:8]).status == "ok" and gradient_check(model, x[:8], y[:8]).status == "ok"
+    res = evaluate_model(model, batches, EPS, "clean", progress=False)
+    c = res.checks[check]
+    assert c.status == "warn" and c.details["checked"] == 16, c.message
+    assert "16" in c.message
+    if how == "flat":
+        assert c.details["zero"] == 8 and c.details["of"] == 16
+    elif how == "softmax":
+        assert c.details["flagged_batches"] == [1]
+    else:
+        assert c.details["differing"] == 8
+    assert check in res.warned_checks and all(res.checks[k].status == "ok" for k in
+                                              ("logits_not_probabilities", "deterministic_eval",
+                                               "nonzero_input_gradients") if k != check)
 
 
 def test_out_of_bounds_attack_is_an_error(digits, robust_model, monkeypatch):

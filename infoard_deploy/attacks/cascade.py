@@ -2,8 +2,10 @@
 
 Each attack runs only on the samples still robust after the previous ones; a sample counts as robust only
 if it survives every attack, so the result is the per-sample worst case (not an average). The order is
-APGD-CE -> APGD-T -> FAB-T -> Square. Every adversarial example is projected back into the threat model
-before it is judged, and how far it had strayed is recorded for the ``adv_in_bounds`` check.
+APGD-CE -> APGD-T -> FAB-T -> Square, each with the reference's standard settings (see :mod:`.suite`); every
+component gets the same per-call seed, as in fra31's ``run_standard_evaluation``. Every adversarial example
+is projected back into the threat model before it is judged, and how far it had strayed is recorded for the
+``adv_in_bounds`` check. ``version`` is ``standard`` while every component keeps the reference settings.
 
 Shapes: ``x`` float (B, C, H, W) in [0,1], ``y`` int64 (B,).
 """
@@ -45,9 +47,10 @@ class AutoAttackCascade:
     name = "aa"
     white_box = False  # mixed: white-box components then the black-box Square
 
-    def __init__(self, target: AttackTarget, components: List[EvalAttack], eps: float, seed: int = 0, tol: float = 1e-6):
+    def __init__(self, target: AttackTarget, components: List[EvalAttack], eps: float, seed: int = 0, tol: float = 1e-6,
+                 version: str = "standard"):
         self.target, self.components, self.eps, self.tol = target, components, float(eps), tol
-        self.seed = int(seed)
+        self.seed, self.version = int(seed), version
 
     @property
     def names(self) -> List[str]:
@@ -55,10 +58,14 @@ class AutoAttackCascade:
 
     @property
     def settings(self) -> Dict[str, Any]:
-        return {"version": "standard", "order": self.names, **{c.name: c.settings for c in self.components}}
+        """``version`` is ``standard`` while every component keeps the reference settings, else ``custom``."""
+        return {"version": self.version, "order": self.names, **{c.name: c.settings for c in self.components}}
 
     def describe(self) -> Dict[str, Any]:
-        return {"eps": self.eps, **self.settings}
+        """Settings plus each component's full description (class and constructor arguments)."""
+        return {"eps": self.eps, "version": self.version, "reference": "fra31/auto-attack set_version('standard')",
+                "order": self.names, "seeding": "every component gets the cascade's per-call seed",
+                **{c.name: c.describe() if hasattr(c, "describe") else c.settings for c in self.components}}
 
     def reseed(self, seed: int) -> None:
         # fra31 gives every component the same seed

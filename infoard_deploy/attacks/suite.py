@@ -6,12 +6,27 @@ Names and settings (L-inf, inputs in [0,1], eps in pixel units of [0,1]):
 * ``fgsm``    -- FGSM (Goodfellow et al. 2015), one step of size eps, no random start.
 * ``pgd20``   -- PGD (Madry et al. 2018): 20 steps, step eps/4 (2/255 at 8/255), uniform random start.
 * ``cw``      -- CW-inf: PGD on the CW margin loss, 30 steps, step eps/4, kappa 50 (IAD/FAT ``basic_eval``).
-* ``apgd-ce``, ``apgd-t`` (targeted DLR, 9 targets), ``fab-t`` (9 targets), ``square`` (5000 queries): the
-  AutoAttack components with fra31/auto-attack's *standard* settings (100 iterations, 1 restart)
-  (Croce & Hein 2020, arXiv 2003.01690). torchattacks' own ``AutoAttack`` defaults APGD/FAB to 10 steps,
-  so the components are built here with the standard values instead.
+* ``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``: the AutoAttack components with exactly the settings of
+  fra31/auto-attack ``AutoAttack(norm='Linf', version='standard')`` (its constructor, then
+  ``set_version('standard')``; Croce & Hein 2020, arXiv 2003.01690):
+
+  ==========  ==================================================================================
+  apgd-ce     APGD, loss CE, n_iter 100, n_restarts 1, eot_iter 1, rho 0.75
+  apgd-t      APGD-T, targeted DLR, n_target_classes 9, n_iter 100, n_restarts 1, eot_iter 1, rho 0.75
+  fab-t       FAB-T, n_target_classes 9, n_iter 100, n_restarts 1, alpha_max 0.1, eta 1.05, beta 0.9
+  square      Square, loss margin, n_queries 5000, p_init 0.8, n_restarts 1, resc_schedule False
+  ==========  ==================================================================================
+
+  torchattacks' own defaults differ (APGD/APGD-T/FAB 10 steps, Square ``resc_schedule=True``, which makes a
+  lone Square about a point stronger than the reference's), so every value is passed explicitly. The
+  standalone names use the same settings as inside ``aa``, so a standalone ``square`` is the reference's
+  Square. With fewer than 10 classes the targeted attacks use K-1 target classes.
 * ``aa``      -- AutoAttack standard as the per-sample cascade APGD-CE -> APGD-T -> FAB-T -> Square
-  (see :mod:`.cascade`).
+  (see :mod:`.cascade`); its ``version`` is ``standard`` only while every component keeps those settings,
+  ``custom`` once any is overridden.
+
+Every built attack reports, in :meth:`EvalAttack.describe`, its tunable settings and the constructor
+arguments read back from the built torchattacks object (``constructor``), so a result JSON states what ran.
 
 torchattacks quirks handled here: it reads the device from ``next(model.parameters())`` (a parameter-free
 model fails) and toggles ``model.train()/eval()`` around each call, so the model is wrapped in
@@ -22,6 +37,7 @@ results deterministic and leaves the caller's RNG untouched.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
@@ -93,10 +109,44 @@ def project_into_ball(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> Tuple
     return valid, linf, rng
 
 
+# constructor argument -> the attribute torchattacks stores it under (when the names differ)
+_ATTR = {"rho": "thr_decr", "resc_schedule": "rescale_schedule"}
+_NOT_SETTINGS = {"self", "model", "seed", "verbose"}  # the seed is per call: see provenance.seed_scheme
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return v.item()
+    return v if isinstance(v, (bool, int, float, str, type(None))) else repr(v)
+
+
+def constructor_args(attack: Any) -> Dict[str, Any]:
+    """The constructor arguments of a built attack, read back from the object (what will actually run).
+
+    Every named ``__init__`` parameter except ``model``/``seed``/``verbose`` is read from the attribute
+    torchattacks stores it in (``rho`` -> ``thr_decr``, ``resc_schedule`` -> ``rescale_schedule``,
+    ``n_classes`` -> ``n_target_classes + 1``); parameters not kept on the object are left out.
+    """
+    out: Dict[str, Any] = {}
+    try:
+        params = inspect.signature(type(attack).__init__).parameters
+    except (TypeError, ValueError):
+        return out
+    for p, prm in params.items():
+        if p in _NOT_SETTINGS or prm.kind in (prm.VAR_POSITIONAL, prm.VAR_KEYWORD):
+            continue
+        if p == "n_classes" and hasattr(attack, "n_target_classes"):
+            out[p] = int(attack.n_target_classes) + 1
+        elif hasattr(attack, _ATTR.get(p, p)):
+            out[p] = _plain(getattr(attack, _ATTR.get(p, p)))
+    return out
+
+
 class EvalAttack:
     """A seeded attack: ``attack(x, y) -> x_adv`` (B, C, H, W) in [0,1], ``||x_adv - x||_inf <= eps``.
 
-    ``settings`` records every parameter used (for the report); ``white_box`` says whether it needs gradients.
+    ``settings`` holds the tunable parameters; :meth:`describe` adds the class and every constructor
+    argument read back from the built object (for the report); ``white_box``: whether it needs gradients.
     """
 
     def __init__(self, name: str, attack: Any, eps: float, seed: int, settings: Dict[str, Any], white_box: bool):
@@ -115,7 +165,12 @@ class EvalAttack:
             return self.attack(x, y).detach()
 
     def describe(self) -> Dict[str, Any]:
-        return {"eps": self.eps, **self.settings}
+        out: Dict[str, Any] = {"eps": self.eps, **self.settings}
+        if self.attack is not None:
+            cls = type(self.attack)
+            out["constructor"] = {"class": f"{cls.__module__}.{cls.__qualname__}",
+                                  "args": constructor_args(self.attack)}
+        return out
 
 
 @dataclass
@@ -190,7 +245,8 @@ def make_attack(name: str, model: nn.Module, eps: float, *, num_classes: int, se
             comp_over[comp] = v
         comps = [make_attack(c, target, eps, num_classes=num_classes, seed=seed, **comp_over.get(c, {}))
                  for c in AA_COMPONENTS]
-        return AutoAttackCascade(target, comps, eps, seed)
+        standard = all(c.settings == ATTACKS.get(c.name).defaults(float(eps), num_classes) for c in comps)
+        return AutoAttackCascade(target, comps, eps, seed, version="standard" if standard else "custom")
     settings = _settings(key, spec, float(eps), num_classes, overrides)
     atk = spec.build(target, float(eps), settings) if spec.build is not None else None
     if atk is not None:
@@ -208,7 +264,7 @@ def _build_apgdt(t, e, s):
     if s["n_target_classes"] + 1 < 4:  # the targeted DLR loss reads the 4th-largest logit
         raise UserError("apgd-t needs at least 4 classes (its targeted DLR loss uses the 4 largest logits)")
     return torchattacks.APGDT(t, norm="Linf", eps=e, steps=s["steps"], n_restarts=s["n_restarts"],
-                              n_classes=s["n_target_classes"] + 1, rho=s["rho"])
+                              n_classes=s["n_target_classes"] + 1, eot_iter=1, rho=s["rho"])
 
 
 def _register() -> None:
@@ -228,22 +284,26 @@ def _register() -> None:
                "CW-inf: PGD-30 on the CW margin loss, step eps/4, kappa 50 (IAD/FAT eval)"),
         "apgd-ce": (AttackSpec(lambda e, k: {"steps": 100, "n_restarts": 1, "rho": 0.75},
                                lambda t, e, s: torchattacks.APGD(t, norm="Linf", eps=e, steps=s["steps"],
-                                                                 n_restarts=s["n_restarts"], loss="ce", rho=s["rho"]),
-                               True),
-                    "APGD-CE, 100 iterations (AutoAttack component)"),
+                                                                 n_restarts=s["n_restarts"], loss="ce", eot_iter=1,
+                                                                 rho=s["rho"]), True),
+                    "APGD-CE, 100 iterations, 1 restart, rho 0.75 (AutoAttack standard component)"),
         "apgd-t": (AttackSpec(lambda e, k: {"steps": 100, "n_restarts": 1, "rho": 0.75, "n_target_classes": _targets(k)},
                               _build_apgdt, True),
-                   "APGD-T, targeted DLR loss, 9 target classes, 100 iterations (AutoAttack component)"),
+                   "APGD-T, targeted DLR, 9 target classes, 100 iterations, 1 restart (AutoAttack standard component)"),
         "fab-t": (AttackSpec(lambda e, k: {"steps": 100, "n_restarts": 1, "n_target_classes": _targets(k)},
                              lambda t, e, s: torchattacks.FAB(t, norm="Linf", eps=e, steps=s["steps"],
-                                                              n_restarts=s["n_restarts"], multi_targeted=True,
+                                                              n_restarts=s["n_restarts"], alpha_max=0.1, eta=1.05,
+                                                              beta=0.9, multi_targeted=True,
                                                               n_classes=s["n_target_classes"] + 1), True),
-                  "FAB-T, 9 target classes, 100 iterations (AutoAttack component)"),
-        "square": (AttackSpec(lambda e, k: {"n_queries": 5000, "n_restarts": 1, "p_init": 0.8},
+                  "FAB-T, 9 target classes, 100 iterations, 1 restart (AutoAttack standard component)"),
+        "square": (AttackSpec(lambda e, k: {"n_queries": 5000, "n_restarts": 1, "p_init": 0.8,
+                                            "resc_schedule": False},
                               lambda t, e, s: torchattacks.Square(t, norm="Linf", eps=e, n_queries=s["n_queries"],
                                                                   n_restarts=s["n_restarts"], p_init=s["p_init"],
-                                                                  loss="margin"), False),
-                   "Square attack, 5000 queries, black-box (AutoAttack component)"),
+                                                                  loss="margin", resc_schedule=s["resc_schedule"]),
+                              False),
+                   "Square, black-box: 5000 queries, p_init 0.8, 1 restart, resc_schedule off -- the AutoAttack "
+                   "standard settings, alone as inside aa"),
         "aa": (AttackSpec(lambda e, k: {}, None, False),  # mixed: white-box components, then black-box Square
                "AutoAttack standard: per-sample cascade APGD-CE -> APGD-T -> FAB-T -> Square"),
     }
@@ -254,5 +314,5 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["AA_COMPONENTS", "AttackSpec", "AttackTarget", "EvalAttack", "as_target", "make_attack",
+__all__ = ["AA_COMPONENTS", "AttackSpec", "AttackTarget", "EvalAttack", "as_target", "constructor_args", "make_attack",
            "model_device", "project_into_ball", "seeded"]
