@@ -75,6 +75,9 @@ def test_method_invariants(name, asa, mim):
     if mim:
         heads = [p for n_, p in method.named_parameters() if "proj" in n_]
         assert heads and all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads)
+        lv = method.mim_levels()  # registered teacher: every level runs on named layers
+        assert lv["feature"] == "penultimate" and lv["attention"] == 2 and lv["teacher_points"] == "registered"
+        assert not lv["partial"]
     else:
         assert not list(method.parameters())
     assert all(p.grad is None for p in t.parameters())

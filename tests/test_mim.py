@@ -1,8 +1,10 @@
 """MIM: hooks capture features on every registered architecture; every student/teacher pair gets working
-heads and attention levels; teachers without named layers degrade with a note; the losses are right."""
+heads and attention levels; unregistered / TorchScript teachers get graph points, and a level that still
+cannot run fails setup unless mim_partial; the losses are right. ONNX teachers: test_mim_graph.py."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -13,7 +15,6 @@ from infoard_deploy.methods.mim import MIM, attention_map, info_nce
 from infoard_deploy.models import MODELS, build_model, head_name, stage_names
 
 SIZE = 8  # the smallest input every registered architecture accepts
-
 
 
 def _build(arch: str, channels: int = 1):
@@ -102,22 +103,72 @@ def test_setup_end_to_end_and_teardown():
     assert len(student.net.layer4._forward_hooks) == n_hooks - 1
 
 
-def test_teacher_without_named_layers_degrades(caplog):
-    """A TorchScript teacher (or ONNX / unknown arch) loses the attention level; features use its logits."""
-    student, teacher = _build("cnn-small"), _build("cnn-mnist")
-    scripted = torch.jit.trace(teacher.eval(), torch.rand(2, 1, SIZE, SIZE))
-    for t, arch in ((scripted, "cnn-mnist"), (teacher, None)):
+def test_unregistered_and_torchscript_teachers_get_graph_points():
+    """An unregistered eager teacher is fx-traced and a TorchScript one (whose submodules take no hooks)
+    converted to an fx twin; both give penultimate features and stage pairs, leaving the teacher as it was."""
+    from infoard_deploy.models import Normalized
+
+    student, teacher = _build("cnn-small"), _build("cnn-mnist").eval()
+    x = torch.rand(2, 1, SIZE, SIZE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.trace(teacher, x)
+        wrapped = Normalized(torch.jit.trace(teacher.net, x), [0.0], [1.0])  # as load_model wraps archives
+    fired = []
+    scripted.net.stage1.register_forward_hook(lambda *a: fired.append(1))  # accepted, but compiled code ...
+    scripted(x)
+    assert not fired  # ... never calls it: named TorchScript layers cannot be tapped, even of a registered arch
+    cases = ((scripted, "torchscript", "torchscript"), (wrapped, "cnn-mnist", "torchscript"),
+             (teacher, None, "fx-traced"))
+    for t, arch, source in cases:
         mim = MIM(levels=2)
-        with caplog.at_level("WARNING"):
-            mim.setup(student, t, "cnn-small", arch, [1, SIZE, SIZE], 10)
-        assert mim.pairs == [] and mim.teacher_feat_from_logits and mim.proj_t.in_features == 10
-        assert any("attention level off" in n for n in mim.notes)
-        x = torch.rand(4, 1, SIZE, SIZE)
+        mim.setup(student, t, "cnn-small", arch, [1, SIZE, SIZE], 10)
+        rep = mim.report()
+        assert rep["teacher_points"] == source and rep["feature"] == "penultimate" and rep["attention"] == 2
+        assert not rep["partial"] and mim.proj_t.in_features == 200
         with mim.s_tap.capture() as sf:
             student(x)
-        loss, logs = mim.loss(sf, {}, t_logits=t(x).detach())
-        assert torch.isfinite(loss) and "mim_att" not in logs
+        with torch.no_grad(), mim.t_tap.capture() as tf:
+            out = mim.t_tap.run(t, x)
+        assert torch.allclose(out, teacher(x) if t is not wrapped else teacher.net(x), atol=1e-5)
+        loss, logs = mim.loss(sf, tf)
+        assert torch.isfinite(loss) and "mim_att" in logs and "mim_nce" in logs
         mim.remove_hooks()
+    assert not any(m._forward_hooks for m in teacher.modules())
+
+
+def test_unhookable_teacher_fails_or_runs_partial(monkeypatch):
+    """When a level cannot run (here: TorchScript that cannot be converted) setup fails with one line, unless
+    ``mim_partial`` is on: then the feature level uses the logits, attention is off, and mim_levels() says so."""
+    from infoard_deploy.errors import UserError
+    from infoard_deploy.methods import StepContext, build_method
+    from infoard_deploy.methods import graph
+
+    monkeypatch.setattr(graph, "_torchscript_twin", lambda *a: None)
+    student, teacher = _build("cnn-small"), _build("cnn-mnist").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.trace(teacher, torch.rand(2, 1, SIZE, SIZE))
+
+    def setup(m):
+        m.setup(student, scripted, num_train=8, num_classes=10, eps=0.1, student_arch="cnn-small",
+                teacher_arch="torchscript", input_shape=[1, SIZE, SIZE])
+        return m
+
+    with pytest.raises(UserError, match="mim_partial") as e:
+        setup(build_method("infoard"))
+    assert "\n" not in str(e.value) and "penultimate" in str(e.value) and "attention level off" in str(e.value)
+    assert not any(m._forward_hooks for m in student.modules())  # the failed setup left no hooks
+    m = setup(build_method("infoard", mim_partial="true", asa_warmup=0.0))
+    lv = m.mim_levels()
+    assert lv["feature"] == "logits" and lv["attention"] == 0 and lv["partial"] and lv["teacher_points"] == "none"
+    assert lv["requested"] == {"feature": True, "attention": 3} and lv["notes"]
+    x, y = torch.rand(4, 1, SIZE, SIZE), torch.randint(0, 10, (4,))
+    out = m(student, scripted, x, y, torch.arange(4), StepContext(0, 1, 0.1, 10))
+    assert torch.isfinite(out.loss) and "mim_nce" in out.logs and "mim_att" not in out.logs
+    m.teardown()
+    off = build_method("rslad").mim_levels()
+    assert off["feature"] == "off" and off["attention"] == 0 and not off["partial"]
 
 
 def test_losses_golden():
@@ -139,36 +190,3 @@ def test_losses_golden():
     a_s = F.normalize(F.avg_pool2d(fs.pow(2).mean(1, keepdim=True), 2).flatten(1), dim=1)
     a_t = F.normalize(ft.pow(2).mean(1).flatten(1), dim=1)
     assert loss.item() == pytest.approx(2.0 * (a_s - a_t).pow(2).mean().item(), rel=1e-5)
-
-
-def test_onnx_teacher_degrades(tmp_path, caplog):
-    """An ONNX teacher (exported, then loaded through onnx2torch as the CLI does) keeps its card's
-    architecture name but none of its module names: the attention level is switched off with a note and
-    the feature level uses its logits."""
-    pytest.importorskip("onnx2torch")
-    import warnings
-
-    from infoard_deploy.checkpoint import load_model
-
-    torch.manual_seed(0)
-    student = build_model("cnn-mnist-small", 10, 1, 16, [0.5], [0.5])
-    teacher = build_model("cnn-mnist", 10, 1, 16, [0.5], [0.5]).eval()
-    path = tmp_path / "teacher.onnx"
-    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but converts cleanly here
-        warnings.simplefilter("ignore")
-        torch.onnx.export(teacher, torch.rand(2, 1, 16, 16), str(path), dynamo=False, opset_version=17,
-                          keep_initializers_as_inputs=True, input_names=["x"], dynamic_axes={"x": {0: "b"}})
-    graph, _ = load_model(path, arch="cnn-mnist", num_classes=10, input_shape=[1, 16, 16], mean=[0.0], std=[1.0])
-    x = torch.rand(4, 1, 16, 16)
-    assert torch.allclose(graph(x), teacher(x), atol=1e-5)
-    mim = MIM(levels=2)
-    with caplog.at_level("WARNING"):
-        mim.setup(student, graph, "cnn-mnist-small", "cnn-mnist", [1, 16, 16], 10)
-    assert mim.pairs == [] and mim.teacher_feat_from_logits
-    assert any("no hookable classifier" in n for n in mim.notes) and any("attention level off" in n for n in mim.notes)
-    assert "MIM:" in caplog.text
-    with mim.s_tap.capture() as sf:
-        student(x)
-    loss, logs = mim.loss(sf, {}, t_logits=graph(x).detach())
-    assert torch.isfinite(loss) and "mim_nce" in logs
-    mim.remove_hooks()

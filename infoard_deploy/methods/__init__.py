@@ -7,9 +7,13 @@
     build_method("rslad", asa=True, mim=True)           # ASA / MIM plugged into RSLAD
     build_method("infoard", mim=False, asa_eps_max=1.25)  # an ablation and an override
 
+    build_method("ard", protocol="matched")             # same KL reduction / schedule / attack as InfoARD
+
 ``asa`` / ``mim``: ``None`` = the method's default (off for baselines, on for InfoARD). Options are the
 method's hyper-parameters (``method_options(name)``) plus the ``asa_*`` and ``mim_*`` keys; strings are
 converted to the default's type ("8/255" works for floats); unknown keys raise UserError listing the valid ones.
+``protocol``: ``official`` (published settings) or ``matched`` (see :mod:`.protocol`); the method records it
+and its effective settings in ``method.describe()``, and after setup what MIM runs in ``method.mim_levels()``.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from .base import AdversarialDistillation, DistillMethod, Schedule, StepContext,
 from .iad import IAD
 from .infoard import InfoARD
 from .mim import MIM, MIM_DEFAULTS
+from .protocol import PROTOCOLS, matched_schedule, matched_settings, protocol_defaults
 from .rslad import RSLAD
 
 METHODS: Registry[Any] = Registry("method")
@@ -40,13 +45,22 @@ _CHOICES = {"init": ("uniform", "normal", "zero"), "kl_reduction": ("mean", "bat
             "base": ("rslad", "ard", "iad", "adaad"), "teacher_fix": TEACHER_FIXES}
 
 
-def method_options(name: str, base: Optional[str] = None) -> Dict[str, Any]:
-    """Every option key of method ``name`` with its default (method, then ``asa_*``, then ``mim_*``)."""
+def _protocol(protocol: Any) -> str:
+    p = str(protocol).strip().lower()
+    if p not in PROTOCOLS:
+        raise UserError(f"protocol must be one of {', '.join(PROTOCOLS)}, got '{protocol}'")
+    return p
+
+
+def method_options(name: str, base: Optional[str] = None, protocol: str = "official") -> Dict[str, Any]:
+    """Every option key of method ``name`` with its default (method, then ``asa_*``, then ``mim_*``) under
+    ``protocol``."""
     cls = METHODS.get(name)
     own = cls.option_defaults(base) if cls is InfoARD else cls.option_defaults()
     # a method may override ASA / MIM defaults (InfoARD's are chosen by measurement)
-    return {**own, **{k: own.get(k, v) for k, v in ASA_DEFAULTS.items()},
-            **{k: own.get(k, v) for k, v in MIM_DEFAULTS.items()}}
+    out = {**own, **{k: own.get(k, v) for k, v in ASA_DEFAULTS.items()},
+           **{k: own.get(k, v) for k, v in MIM_DEFAULTS.items()}}
+    return {**out, **protocol_defaults(name, base, _protocol(protocol))}
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -76,15 +90,21 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         raise UserError(f"option '{key}' expects {'an' if kind == 'int' else 'a'} {kind}, got '{value}'") from None
 
 
-def build_method(name: str, asa: Optional[bool] = None, mim: Optional[bool] = None, **opts: Any) -> DistillMethod:
-    """Construct method ``name`` with ASA / MIM switched on or off and hyper-parameters overridden."""
+def build_method(name: str, asa: Optional[bool] = None, mim: Optional[bool] = None, protocol: str = "official",
+                 **opts: Any) -> DistillMethod:
+    """Construct method ``name`` with ASA / MIM switched on or off and hyper-parameters overridden, under
+    comparison ``protocol`` (``official`` | ``matched``)."""
     cls = METHODS.get(name)
+    protocol = _protocol(protocol)
     given = {str(k).replace("-", "_").lower(): v for k, v in opts.items() if v is not None}
     base = None
     if "base" in given and cls is InfoARD:
         base = _coerce("base", given["base"], "rslad")
         given["base"] = base
-    valid = method_options(name, base)
+    if protocol == "matched" and "kl_reduction" in given:
+        raise UserError(f"protocol 'matched' gives every method kl_reduction={matched_settings()['kl_reduction']}; "
+                        f"use protocol 'official' to set kl_reduction")
+    valid = method_options(name, base, protocol)
     unknown = sorted(set(given) - set(valid))
     if unknown:
         raise UserError(f"method '{name}' has no option {', '.join(repr(u) for u in unknown)}; "
@@ -97,10 +117,16 @@ def build_method(name: str, asa: Optional[bool] = None, mim: Optional[bool] = No
     try:
         asa_mod = ASA.from_options(merged) if use_asa else None
         mim_mod = MIM.from_options(merged) if use_mim else None
-        return cls.create(asa_mod, mim_mod, **own)
+        method = cls.create(asa_mod, mim_mod, **own)
     except ValueError as e:
         raise UserError(f"method '{name}': {e}") from None
+    method.protocol = protocol
+    method.overrides = tuple(sorted(values))  # options given explicitly, reported by describe()
+    if protocol == "matched":
+        method.schedule = matched_schedule()  # the trainer's defaults: InfoARD's for every method
+    return method
 
 
-__all__ = ["METHODS", "build_method", "method_options", "DistillMethod", "AdversarialDistillation", "Schedule",
-           "StepContext", "StepOutput", "ASA", "MIM", "ARD", "RSLAD", "IAD", "AdaAD", "InfoARD"]
+__all__ = ["METHODS", "PROTOCOLS", "build_method", "method_options", "matched_settings", "DistillMethod",
+           "AdversarialDistillation", "Schedule", "StepContext", "StepOutput", "ASA", "MIM", "ARD", "RSLAD", "IAD",
+           "AdaAD", "InfoARD"]

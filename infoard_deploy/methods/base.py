@@ -12,7 +12,7 @@ student, and per-sample state (ASA's strength memory, as buffers) is saved in ch
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -57,6 +57,7 @@ class DistillMethod(nn.Module):
     name: str = "base"
     needs_teacher: bool = True
     schedule: Schedule = Schedule()
+    protocol: str = "official"  # set by build_method: "official" | "matched" (see protocol.py)
 
     def setup(self, student: nn.Module, teacher: Optional[nn.Module], *, num_train: int, num_classes: int,
               eps: float, student_arch: Optional[str] = None, teacher_arch: Optional[str] = None,
@@ -76,6 +77,20 @@ class DistillMethod(nn.Module):
 
     def teardown(self) -> None:
         """Release resources held on the models (e.g. MIM's forward hooks); safe to call twice."""
+
+    def mim_levels(self) -> Dict[str, Any]:
+        """What MIM runs after :meth:`setup` (see :meth:`AdversarialDistillation.mim_levels`); here: nothing."""
+        return dict(MIM_OFF)
+
+    def describe(self) -> Dict[str, Any]:
+        """The protocol and the settings in effect, JSON-serialisable, for results and cards."""
+        return {"method": self.name, "protocol": self.protocol, "schedule": asdict(self.schedule)}
+
+
+# mim_levels() of a method without MIM
+MIM_OFF: Dict[str, Any] = {"feature": "off", "attention": 0, "pairs": [], "attention_sizes": [],
+                           "requested": {"feature": False, "attention": 0}, "teacher_points": None,
+                           "partial": False, "ready": True, "notes": []}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -156,6 +171,45 @@ class AdversarialDistillation(DistillMethod):
         if self.mim is not None:
             self.mim.remove_hooks()
 
+    # -- reporting ---------------------------------------------------------------------------------
+    def mim_levels(self) -> Dict[str, Any]:
+        """What MIM actually runs (meaningful after :meth:`setup`), for the card and the result.
+
+        ``feature``: ``"penultimate"`` (InfoNCE on penultimate features), ``"logits"`` (the teacher exposes
+        none: its logits stand in; only with ``mim_partial``) or ``"off"``; ``attention``: number of
+        student/teacher stage pairs aligned; ``pairs``: ``[[student stage, teacher point], ...]`` (graph
+        teachers: the graph node); ``attention_sizes``: map side per pair; ``requested``: what the options
+        asked for; ``teacher_points``: where the teacher's points come from, ``registered`` (named layers) |
+        ``fx-graph`` (a GraphModule: ONNX via onnx2torch) | ``torchscript`` (converted twin) | ``fx-traced``
+        (unregistered eager model) | ``none``; ``partial``: True when a requested level does not run as asked
+        (feature level on logits, attention off; only possible with ``mim_partial``; fewer pairs than
+        ``mim_levels`` because a model has fewer stages is not partial); ``ready``: setup ran; ``notes``:
+        the reasons. Without MIM: :data:`MIM_OFF`.
+        """
+        return self.mim.report() if self.mim is not None else dict(MIM_OFF)
+
+    def describe(self) -> Dict[str, Any]:
+        """Protocol and effective settings (JSON-serialisable), so results can report what was compared.
+
+        ``method`` / ``base``: the name and the objective it runs; ``protocol``: ``official`` | ``matched``;
+        ``kl_reduction``; ``attack``: inner maximisation budget and form (``steps``, ``step_ratio`` = step /
+        eps, ``eps_scale`` = training radius / eps, ``init``, ``bn_eval``); ``schedule``: the optimiser
+        defaults the trainer takes (:class:`Schedule`); ``options``: every hyper-parameter in effect;
+        ``overrides``: options given explicitly at construction; ``asa`` / ``mim``: their settings or None.
+        """
+        hp = self.hp
+        asa = None if self.asa is None else {k: getattr(self.asa, k) for k in
+                                            ("eps_min", "eps_max", "eps_init", "step", "momentum", "warmup", "conf")}
+        mim = None if self.mim is None else {
+            "feat": self.mim.w_feat, "att": self.mim.w_att, "levels": self.mim.levels, "tau": self.mim.tau,
+            "dim": self.mim.dim, "att_mode": self.mim.att_mode, "teacher_input": self.mim.teacher_input,
+            "head": self.mim.head_kind, "partial": self.mim.partial}
+        return {"method": self.name, "base": getattr(self, "base_name", self.name), "protocol": self.protocol,
+                "kl_reduction": hp.get("kl_reduction"),
+                "attack": {k: hp[k] for k in ("steps", "step_ratio", "eps_scale", "init", "bn_eval") if k in hp},
+                "schedule": asdict(self.schedule), "options": dict(hp),
+                "overrides": sorted(getattr(self, "overrides", ())), "asa": asa, "mim": mim}
+
     # -- per-step helpers --------------------------------------------------------------------------
     def _reset_step(self) -> None:
         self._t_views: Dict[str, torch.Tensor] = {}
@@ -195,9 +249,9 @@ class AdversarialDistillation(DistillMethod):
             teacher.eval()
         tap = self.mim.t_tap if (self.mim is not None and self.mim.teacher_input == view) else None
         with torch.no_grad():
-            if tap is not None:
+            if tap is not None:  # through the tap's runner: a hookable twin for TorchScript / traced teachers
                 with tap.capture() as feats:
-                    out = teacher(x)
+                    out = tap.run(teacher, x)
                 self._t_feats = dict(feats)
             else:
                 out = teacher(x)

@@ -9,7 +9,8 @@ A :class:`FeatureTap` stores outputs only inside ``with tap.capture() as feats:`
 passes of the inner PGD loop neither keep graphs alive nor overwrite the features of the pass that
 matters. Names are resolved through DDP / ``torch.compile`` wrappers (``module.``, ``_orig_mod.``).
 Teachers without named stages (TorchScript archives, ONNX graphs converted by onnx2torch, unknown
-architectures) are reported by :func:`resolve_points` so MIM can switch the levels that need them off.
+architectures) resolve to nothing here; :mod:`.graph` finds their points from the graph and hands a
+``runner`` (the module whose forward the tap observes: the teacher itself, or a hookable twin of it).
 """
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ def find_module(model: nn.Module, name: str) -> Optional[nn.Module]:
 
 
 def hookable(model: nn.Module) -> bool:
-    """TorchScript modules run compiled code that ignores Python hooks."""
-    return not isinstance(model, torch.jit.ScriptModule)
+    """False when any part is TorchScript: compiled code ignores Python hooks (a loaded archive refuses
+    them; an in-memory traced module accepts them and never calls them), so named layers cannot be tapped."""
+    return not any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
 
 
 def resolve_points(model: nn.Module, arch: Optional[str]) -> Tuple[List[str], Optional[str]]:
@@ -65,8 +67,13 @@ class FeatureTap:
     (student) or none (teacher under ``no_grad``). :meth:`remove` detaches the hooks.
     """
 
-    def __init__(self, model: nn.Module, stages: Sequence[str], head: Optional[str]):
+    def __init__(self, model: nn.Module, stages: Sequence[str], head: Optional[str],
+                 runner: Optional[nn.Module] = None):
         self.stages, self.head = list(stages), head
+        # Captured passes call ``runner`` instead of the model they are given (a hookable twin of a
+        # TorchScript / traced teacher: same weights, same outputs); ``None`` = the model itself.
+        self.runner = runner
+        model = runner if runner is not None else model
         self._active = False
         self._store: Dict[str, torch.Tensor] = {}
         self._handles = []
@@ -94,6 +101,10 @@ class FeatureTap:
                 self._store[HEAD] = inputs[0]
 
         return hook
+
+    def run(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``model(x)`` through the hooked runner; call inside :meth:`capture` to record features."""
+        return (self.runner if self.runner is not None else model)(x)
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[Dict[str, torch.Tensor]]:
@@ -123,7 +134,7 @@ def probe_shapes(model: nn.Module, tap: FeatureTap, input_shape: Sequence[int]) 
     model.eval()
     try:
         with tap.capture() as feats:
-            model(torch.zeros(2, *input_shape, device=dev))
+            tap.run(model, torch.zeros(2, *input_shape, device=dev))
     finally:
         model.train(was_training)
     return {k: tuple(v.shape[1:]) for k, v in feats.items()}

@@ -23,20 +23,25 @@ the feature-level analogue of RSLAD's robust soft labels, and what IBD does), ``
 features at the same x' (one extra teacher forward unless the base method, e.g. AdaAD, already runs it).
 
 Heads are children of this module (so of the method): trained with the student, saved in the method's
-state, never exported. Teachers without named stages (TorchScript, ONNX) lose the attention level, and
-the feature level falls back to the teacher's logits, each with a logged note.
+state, never exported. Teachers without registered names (ONNX via onnx2torch, TorchScript, unregistered
+models) get their points from the graph (:mod:`.graph`). A requested level that still cannot run (no
+teacher graph, no student classifier, only 1x1 maps) raises a one-line :class:`UserError` at setup unless
+``partial=True`` (option ``mim_partial``); then training continues with what runs (the feature level on
+the teacher's logits, the attention level off) and :meth:`MIM.report` says so, for the card and result.
 """
 from __future__ import annotations
 
 import logging
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hooks import HEAD, FeatureTap, hookable, pair_stages, probe_shapes, resolve_points
+from ..errors import UserError
+from .graph import GraphPoints, graph_points
+from .hooks import HEAD, FeatureTap, pair_stages, probe_shapes, resolve_points
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,7 @@ MIM_DEFAULTS: Dict[str, object] = {
     "mim_att_mode": "mse",  # mse (AT) | nce (contrastive attention)
     "mim_teacher_input": "clean",  # clean | adv
     "mim_head": "linear",  # linear | mlp
+    "mim_partial": False,  # train on when a requested level cannot run (recorded by report()) instead of failing
 }
 
 
@@ -75,7 +81,7 @@ def _head(kind: str, d_in: int, d_out: int) -> nn.Module:
 
 class MIM(nn.Module):
     def __init__(self, feat: float = 0.1, att: float = 100.0, levels: int = 3, tau: float = 0.1, dim: int = 128,
-                 att_mode: str = "mse", teacher_input: str = "clean", head: str = "linear"):
+                 att_mode: str = "mse", teacher_input: str = "clean", head: str = "linear", partial: bool = False):
         super().__init__()
         if att_mode not in ("mse", "nce"):
             raise ValueError(f"mim_att_mode must be mse or nce, got '{att_mode}'")
@@ -96,6 +102,12 @@ class MIM(nn.Module):
         self.proj_s: Optional[nn.Module] = None
         self.proj_t: Optional[nn.Module] = None
         self.notes: List[str] = []
+        self.partial = bool(partial)
+        self.ready = False  # setup() ran
+        self.degraded = False  # a requested level does not run as asked (only with partial=True)
+        self.teacher_points: Optional[str] = None  # registered | fx-graph | torchscript | fx-traced | none
+        self._graph: Optional[GraphPoints] = None  # plain attribute: the teacher twin is not MIM state
+        self._t_nodes: Dict[str, str] = {}  # teacher hook name -> graph node, kept for report() after teardown
 
     @classmethod
     def from_options(cls, opts: Dict[str, object]) -> "MIM":
@@ -106,36 +118,93 @@ class MIM(nn.Module):
         self.notes.append(msg)
         log.warning("MIM: %s", msg)
 
+    def _teacher_points(self, teacher: nn.Module, arch: Optional[str], input_shape: Sequence[int],
+                        need_stages: bool, need_head: bool) -> Tuple[List[str], Optional[str], str]:
+        """``(stages, head, why-not)``: registered names when they cover what is needed, else the points found
+        from the teacher's graph (:mod:`.graph`) when those cover more; ``why-not`` explains what is missing."""
+
+        def score(stages, head) -> int:
+            return int(bool(stages) and need_stages) + int(head is not None and need_head)
+
+        stages, head = resolve_points(teacher, arch)
+        if score(stages, head) == int(need_stages) + int(need_head):
+            return stages, head, ""
+        try:
+            graph, why = graph_points(teacher, input_shape)
+        except Exception as e:  # an exotic graph the interpreter cannot run: reported, not a crash here
+            first = (str(e).splitlines() or [""])[0][:80]
+            graph, why = None, f"its graph could not be probed ({type(e).__name__}: {first})"
+        if graph is None:
+            return stages, head, why
+        if score(graph.stages, graph.head) > score(stages, head):
+            self._graph, self.teacher_points, self._t_nodes = graph, graph.source, dict(graph.nodes)
+            return graph.stages, graph.head, ""
+        graph.undo()
+        missing = [w for w, need, got in (("stage maps", need_stages, graph.stages),
+                                          ("classifier input", need_head, graph.head)) if need and not got]
+        return stages, head, "its graph has no " + " or ".join(missing)
+
     def setup(self, student: nn.Module, teacher: nn.Module, student_arch: Optional[str], teacher_arch: Optional[str],
               input_shape: Optional[Sequence[int]], num_classes: int) -> None:
-        """Hook both models, probe feature shapes with one tiny forward each, and build the heads."""
+        """Hook both models, probe feature shapes with one tiny forward each, and build the heads.
+
+        Raises :class:`UserError` when a requested level cannot run and ``partial`` is off.
+        """
         if input_shape is None:
             raise ValueError("MIM needs input_shape (C, H, W) at setup to size its projection heads")
         self.remove_hooks()
+        self.notes, self.ready, self.degraded, self.teacher_points = [], False, False, "registered"
+        self.teacher_feat_from_logits, self._t_nodes = False, {}
+        need_feat, need_att = self.w_feat > 0, self.w_att > 0 and self.levels > 0
         s_stages, s_head = resolve_points(student, student_arch)
-        t_stages, t_head = resolve_points(teacher, teacher_arch)
-        if s_head is None:
-            self._note(f"student '{student_arch}' has no hookable classifier; feature level off")
-        if not hookable(teacher) or teacher_arch is None:
-            self._note("teacher has no named layers (TorchScript / ONNX / unknown architecture): attention level off, "
-                       "feature level uses the teacher's logits")
-        elif t_head is None:
-            self._note(f"teacher '{teacher_arch}' has no hookable classifier; feature level uses its logits")
-        pairs = pair_stages(s_stages, t_stages, self.levels) if self.w_att > 0 else []
-        if self.w_att > 0 and self.levels > 0 and not pairs:
-            self._note("no student/teacher stage pairs to align; attention level off")
-        s_head = s_head if self.w_feat > 0 else None
+        t_stages, t_head, why = self._teacher_points(teacher, teacher_arch, input_shape, need_att, need_feat)
+        if why and not (t_stages or t_head):
+            self.teacher_points = "none"
+        pairs = pair_stages(s_stages, t_stages, self.levels) if need_att else []
+        s_head = s_head if need_feat else None
+        runner = self._graph.runner if self._graph is not None else None
         self.s_tap = FeatureTap(student, [p[0] for p in pairs], s_head)
-        self.t_tap = FeatureTap(teacher, [p[1] for p in pairs], t_head if self.w_feat > 0 else None) \
-            if hookable(teacher) else None
+        self.t_tap = FeatureTap(teacher, [p[1] for p in pairs], t_head if need_feat else None, runner=runner)
         s_shapes = probe_shapes(student, self.s_tap, input_shape)
-        t_shapes = probe_shapes(teacher, self.t_tap, input_shape) if self.t_tap is not None else {}
-        if self.w_feat > 0 and s_head is not None and HEAD not in t_shapes:
+        t_shapes = probe_shapes(teacher, self.t_tap, input_shape)
+        if need_feat and s_head is not None and HEAD not in t_shapes:
             t_shapes[HEAD] = (num_classes,)
             self.teacher_feat_from_logits = True
         dev = next(student.parameters()).device
         self.build(pairs, s_shapes, t_shapes)
         self.to(dev)
+        teacher_name = f"teacher '{teacher_arch or type(teacher).__name__}'"
+        problems = []
+        if need_feat and s_head is None:
+            problems.append(f"student '{student_arch}' has no hookable classifier (feature level off)")
+        elif need_feat and self.teacher_feat_from_logits:
+            problems.append(f"{teacher_name} exposes no penultimate features, {why or 'none found'} "
+                            f"(feature level on its logits)")
+        if need_att and not self.pairs:
+            cause = ("every stage pair has a 1x1 map" if pairs else
+                     f"student '{student_arch}' has no registered stages" if not s_stages else
+                     why or "the teacher has no stage maps")
+            problems.append(f"no student/teacher stage pairs with {teacher_name}: {cause} (attention level off)")
+        self.ready = True
+        if problems:
+            msg = "MIM cannot run every requested level: " + "; ".join(problems)
+            if not self.partial:
+                self.remove_hooks()
+                raise UserError(msg + "; pass mim_partial=true to train with the levels that run")
+            self.degraded = True
+            self._note(msg + " (mim_partial: training with the levels that run)")
+
+    def report(self) -> Dict[str, Any]:
+        """What MIM runs, for the card / result: see :meth:`..base.AdversarialDistillation.mim_levels`."""
+        feature = "off"
+        if self.has_feat:
+            feature = "logits" if self.teacher_feat_from_logits else "penultimate"
+        names = self._t_nodes
+        return {"feature": feature, "attention": len(self.pairs),
+                "pairs": [[s, names.get(t, t)] for s, t in self.pairs], "attention_sizes": list(self.att_sizes),
+                "requested": {"feature": self.w_feat > 0, "attention": self.levels if self.w_att > 0 else 0},
+                "teacher_points": self.teacher_points, "partial": self.degraded, "ready": self.ready,
+                "notes": list(self.notes)}
 
     def build(self, pairs: Sequence[Tuple[str, str]], s_shapes: Dict[str, Tuple[int, ...]],
               t_shapes: Dict[str, Tuple[int, ...]]) -> None:
@@ -156,10 +225,14 @@ class MIM(nn.Module):
         return self.proj_s is not None
 
     def remove_hooks(self) -> None:
+        """Detach every hook and take the taps out of an ONNX teacher's graph; safe to call twice."""
         for tap in (self.s_tap, self.t_tap):
             if tap is not None:
                 tap.remove()
         self.s_tap = self.t_tap = None
+        if self._graph is not None:
+            self._graph.undo()
+            self._graph = None
 
     # -- loss ----------------------------------------------------------------------------------
     def loss(self, s_feats: Dict[str, torch.Tensor], t_feats: Dict[str, torch.Tensor],
