@@ -54,6 +54,12 @@ def test_chain_through_the_api(chain, capsys):
     assert t.model_path.exists() and s.model_path.exists() and s["kind"] == "student"
     assert s["command"].startswith("infoard-deploy") and "distill" in s["command"]
     json.dumps(s.to_dict())  # the CLI's --json
+    card = json.loads(s.model_path.with_name("student.card.json").read_text())
+    assert card["extra"]["method"]["mim_levels"]["feature"] == "off"  # ARD: no MIM, and the card says so
+    assert card["extra"]["method"]["settings"]["protocol"] == "official"
+    prov = s["provenance"]
+    assert prov["data"]["train"]["n"] == 400 and len(prov["data"]["train"]["sha256"]) == 64
+    assert prov["software"]["torch"]
     e = ia.evaluate(s.model_path, attacks=["clean", "pgd20"], n=64, device="cpu")
     assert 0 <= e["clean_acc"] <= 100 and "pgd20" in e["robust_acc"]
     x = ia.export(s.model_path, ["ort-cpu-fp32"], calib_data="digits", out=str(out / "deploy"), check_n=64)

@@ -250,6 +250,26 @@ def build_distill_method(name: str, asa: Optional[bool], mim: Optional[bool], op
         raise UserError(f"method '{name}': {e}") from None
 
 
+def _method_parts(m) -> Dict[str, Any]:
+    """What the method really ran: its effective settings (``describe``) and which MIM levels were active."""
+    out: Dict[str, Any] = {}
+    for key, attr in (("settings", "describe"), ("mim_levels", "mim_levels")):
+        fn = getattr(m, attr, None)
+        if callable(fn):
+            out[key] = fn()
+    return out
+
+
+def _add_to_card(model_path: Path, extra: Dict[str, Any]) -> None:
+    """Merge ``extra`` into the card beside ``model_path`` (rewritten atomically)."""
+    from ..card import card_path_for, load_card
+
+    card = load_card(model_path, required=False)
+    if card is not None:
+        card.extra = {**card.extra, **extra}
+        card.save(card_path_for(model_path))
+
+
 def distill(config: Optional[DistillConfig] = None, *, log: Optional[Callable[[str], None]] = None,
             **kwargs: Any) -> TrainingResult:
     """Distil a robust ``student`` from a robust ``teacher`` file; returns the student's path and metrics.
@@ -300,11 +320,16 @@ def distill(config: Optional[DistillConfig] = None, *, log: Optional[Callable[[s
     result = train(model, m, bundle, tcfg, teacher=teacher.model, teacher_arch=teacher.card.architecture,
                    card_base={"architecture": cfg.student, "provenance": prov,
                               **({"extra": {"warnings": warnings}} if warnings else {})})
+    parts = _method_parts(m)
+    if parts.get("mim_levels", {}).get("partial"):
+        warnings.append("MIM ran partially: " + "; ".join(parts["mim_levels"].get("notes", [])))
+    if result.final_model_path:
+        _add_to_card(result.final_model_path, {"method": parts, **({"warnings": warnings} if warnings else {})})
     return _result(result, kind="student", t0=t0, warnings=warnings,
                    info={"method": name, "architecture": cfg.student, "teacher": str(cfg.teacher),
                          "teacher_architecture": teacher.card.architecture, "teacher_val_clean": t_acc,
                          "teacher_normalisation": teacher.normalisation(), "dataset": bundle.name,
-                         "eps": tcfg.eps, "epochs": tcfg.epochs, "command": cmd,
+                         "eps": tcfg.eps, "epochs": tcfg.epochs, "command": cmd, "method_details": parts,
                          "provenance": {**training_provenance(bundle, tcfg),
                                         "teacher_normalisation": teacher.normalisation()}})
 
