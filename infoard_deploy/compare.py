@@ -245,7 +245,9 @@ def compare(recipe, out: Optional[str | Path] = None, *, overrides: Optional[Lis
     from .recipe import Recipe, resolve_recipe
 
     r = recipe if isinstance(recipe, Recipe) else resolve_recipe(recipe, overrides or [])
-    run_dir = Path(out) if out is not None else Path("runs") / r.name
+    from .utils import check_out_dir
+
+    run_dir = check_out_dir(Path(out) if out is not None else Path("runs") / r.name, "--out")
     return Comparison(r, run_dir, force=force, log=log).run()
 
 

@@ -248,8 +248,10 @@ def run(recipe: str | Path | Recipe, out: Optional[str | Path] = None, *, overri
     Writes ``out`` (default ``runs/<recipe name>``); resumes finished / interrupted stages. Raises
     :class:`GateFailure` when verification failed and the recipe says ``fail_on_gate``.
     """
+    from .utils import check_out_dir
+
     r = recipe if isinstance(recipe, Recipe) else resolve_recipe(recipe, overrides or [])
-    run_dir = Path(out) if out is not None else Path("runs") / r.name
+    run_dir = check_out_dir(Path(out) if out is not None else Path("runs") / r.name, "--out")
     return Pipeline(r, run_dir, force=force, log=log).run()
 
 

@@ -1,4 +1,4 @@
-"""Small shared helpers: fraction parsing, device selection, seeding, atomic writes."""
+"""Small shared helpers: fraction parsing, device selection, seeding, threads, output folders, atomic writes."""
 from __future__ import annotations
 
 import contextlib
@@ -130,3 +130,76 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     if p.is_dir():
         raise UserError(f"{what} is a directory, expected a file: {p}")
     return p
+
+
+def check_out_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Check, before any work starts, that ``path`` can be (or already is) a writable folder; returns it.
+
+    Refused with one line: ``path`` is an existing file; an ancestor is a file; the nearest existing
+    ancestor is not writable, or cannot hold a new folder (``/proc``, a read-only mount). Nothing is
+    created: a probe folder is made and removed again, because ``os.access`` says yes to root even on
+    read-only or virtual file systems.
+    """
+    p = Path(path).expanduser()
+    if str(path).strip() == "":
+        raise UserError(f"{flag} must name a folder, got an empty path")
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{flag} {p} is an existing file, expected a folder")
+    _check_creatable(p, f"{flag} {p}:")
+    return p
+
+
+def check_out_file(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Like :func:`check_out_dir` for an output *file* (a JSON report): refused when ``path`` is a folder
+    or its folder cannot be created / written. Whether an existing file may be replaced (``--force``) is
+    the caller's decision. Returns the path."""
+    p = Path(path).expanduser()
+    if str(path).strip() == "" or p.name in ("", ".", ".."):
+        raise UserError(f"{flag} must name a file, got '{path}'")
+    if p.is_dir():
+        raise UserError(f"{flag} {p} is a folder, expected a file name")
+    _check_creatable(p.parent, f"{flag} {p}:")
+    return p
+
+
+def _check_creatable(p: Path, head: str) -> None:
+    """The nearest existing ancestor of ``p`` is a writable folder in which entries can really be made."""
+    anc = p
+    while not anc.exists():
+        if anc.parent == anc:
+            break
+        anc = anc.parent
+    if not anc.is_dir():
+        raise UserError(f"{head} {anc} is a file, so the folder cannot be created")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise UserError(f"{head} {anc} is not writable")
+    try:
+        probe = tempfile.mkdtemp(prefix=".infoard-probe-", dir=anc)
+        os.rmdir(probe)
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise UserError(f"{head} cannot create files in {anc} ({why})") from None
+
+
+# Threads for ONNX Runtime sessions created by this package (0: ONNX Runtime's default).
+_ORT_THREADS = 0
+
+
+def set_threads(n: int, flag: str = "--threads") -> None:
+    """``n`` > 0: torch intra-op threads and ONNX Runtime intra-op threads (see :func:`ort_threads`); 0 keeps
+    the library defaults; negative is refused. On a busy 2-core machine one thread can be far faster than two."""
+    global _ORT_THREADS
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise UserError(f"{flag} must be an integer >= 0 (0: the library default), got {n!r}")
+    n = int(n)
+    if n < 0:
+        raise UserError(f"{flag} must be >= 0 (0: the library default), got {n}")
+    if n == 0:
+        return
+    torch.set_num_threads(n)
+    _ORT_THREADS = n
+
+
+def ort_threads() -> int:
+    """The intra-op thread count set by :func:`set_threads` for ONNX Runtime sessions (0: ORT default)."""
+    return _ORT_THREADS

@@ -2,11 +2,13 @@
 
 Each test builds the user's files in ``tmp_path``, snapshots them (SHA-256 of every file), runs the
 CLI (``inspect`` / ``data``) or, where no command path exists, the library call, and checks the
-snapshot afterwards.
+snapshot afterwards. ``test_battery`` is the table of hostile inputs for every command: exit code 2,
+one line on stderr matching the row, no traceback / "internal error", nothing written.
 """
 from __future__ import annotations
 
 import gzip
+import os
 import re
 from pathlib import Path
 
@@ -223,9 +225,171 @@ def test_bad_device(fails, device, match):
     fails("--device", device, "data", "digits", match=match)
 
 
+def test_check_out_dir_and_file_library(tmp_path):
+    from infoard_deploy.utils import check_out_dir, check_out_file
+
+    (tmp_path / "f").write_text("x")
+    cases = [(check_out_dir, tmp_path / "f", "--out .* is an existing file, expected a folder"),
+             (check_out_dir, tmp_path / "f" / "sub", r"f is a file, so the folder cannot be created"),
+             (check_out_dir, "/proc/nope/x", r"cannot create files in /proc"),
+             (check_out_dir, "", "must name a folder"),
+             (check_out_file, tmp_path, "is a folder, expected a file name"),
+             (check_out_file, "/proc/nope/r.json", r"cannot create files in /proc")]
+    for fn, path, match in cases:
+        with pytest.raises(UserError, match=match) as e:
+            fn(path)
+        assert "\n" not in str(e.value)
+    assert check_out_dir(tmp_path / "a" / "b", "--report-dir") == tmp_path / "a" / "b"
+    assert not (tmp_path / "a").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # no side effects
+    assert check_out_file(tmp_path / "new" / "r.json") == tmp_path / "new" / "r.json"
+    if os.geteuid() != 0:
+        (tmp_path / "ro").mkdir(mode=0o555)
+        with pytest.raises(UserError, match="ro is not writable"):
+            check_out_dir(tmp_path / "ro" / "x")
+
+
+def test_set_threads(monkeypatch):
+    from infoard_deploy import utils
+
+    calls = []
+    monkeypatch.setattr(utils, "_ORT_THREADS", 0)
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)  # the test process keeps its own setting
+    for bad_value in (-1, 1.5, "2", True):
+        with pytest.raises(UserError, match="--threads must be"):
+            utils.set_threads(bad_value)
+    utils.set_threads(0)
+    assert calls == [] and utils.ort_threads() == 0
+    utils.set_threads(2)
+    assert calls == [2] and utils.ort_threads() == 2
+
+
 @pytest.mark.parametrize("value", ["0", "2", "abc", "1/0", "-8/255", "nan"])
 def test_bad_eps_library(value):
     with pytest.raises(UserError) as e:
         parse_eps(value)
     msg = str(e.value)
     assert "--eps" in msg and "\n" not in msg and msg.strip()
+
+
+# ---------------------------------------------------------------- the battery: every command, one line, exit 2
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory):
+    """Input files for the battery: a trained model (+ ONNX export), hostile cards, data and paths."""
+    import io
+    import json
+    import shutil
+    import zipfile
+
+    from infoard_deploy.data import BatchLoader, load_data
+    from infoard_deploy.export.pipeline import export_artifacts
+    from infoard_deploy.export.profiles import load_profile
+
+    d = tmp_path_factory.mktemp("battery")
+    torch.manual_seed(0)
+    b = load_data("digits")
+    m = build_model("cnn-small", 10, 1, 8, b.mean, b.std)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    for ep in range(3):  # accurate enough that distill prints no near-chance warning on stderr
+        for x, y, _ in BatchLoader(b.train, np.arange(len(b.train)), 64, shuffle=True, seed=ep):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+    model = save_model(m.eval(), d / "m" / "student.pt",
+                       ModelCard("cnn-small", 10, [1, 8, 8], list(b.mean), list(b.std), dataset="digits"))
+    export_artifacts(model, [load_profile("ort-cpu-fp32")], d / "onnx", check_n=32)
+    for name, changes in {"a": {"input_shape": ["a", 8, 8]}, "nan": {"mean": [float("nan")]},
+                          "huge": {"input_shape": [3, 10**6, 10**6], "mean": [0.3] * 3, "std": [0.4] * 3}}.items():
+        (d / name).mkdir()
+        shutil.copy(model, d / name / "student.pt")
+        card = {**json.loads((d / "m" / "student.card.json").read_text()), **changes}
+        (d / name / "student.card.json").write_text(json.dumps(card))
+    x, y = np.zeros((12, 8, 8, 1), np.uint8), np.arange(12) % 3
+    y[5] = 9_999_999
+    np.savez(d / "labels.npz", x_train=x[:8], y_train=y[:8], x_test=x[8:], y_test=y[8:])
+    hdr = io.BytesIO()  # lie.npz: a 1 KB file whose header claims 100 PB
+    np.lib.format.write_array_header_1_0(hdr, {"descr": "|u1", "fortran_order": False, "shape": (10**6, 10**8, 1)})
+    with zipfile.ZipFile(d / "lie.npz", "w") as z:
+        z.writestr("x_train.npy", hdr.getvalue() + bytes(64))
+    (d / "file").write_text("a user's file")
+    (d / "ro").mkdir()
+    (d / "ro").chmod(0o555)
+    yield d
+    (d / "ro").chmod(0o755)
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): sha256_file(p) if p.is_file() else "dir" for p in sorted(root.rglob("*"))}
+
+
+def _lead(item):  # a row whose fix belongs in the lead's files (commands / library API)
+    return pytest.mark.xfail(strict=False, reason=f"lead: {item}")
+
+
+M, A, NAN, HUGE, ONNX = "{d}/m/student.pt", "{d}/a/student.pt", "{d}/nan/student.pt", "{d}/huge/student.pt", \
+    "{d}/onnx/student.fp32.onnx"
+TT = ["train-teacher", "--data", "digits", "--arch", "cnn-small", "--epochs", "1"]
+DI = ["distill", "--teacher", M, "--student", "cnn-small", "--data", "digits", "--epochs", "1"]
+EV = ["evaluate", "--model", M, "--data", "digits", "--n", "8", "--attacks", "clean"]
+VE = ["verify", "--reference", M, "--artifact", ONNX, "--data", "digits", "--n", "8", "--attacks", "pgd20"]
+NPZ = ["--data", "npz", "--data-dir", "{d}/labels.npz"]
+LABELS = "labels go up to 9999999 but only 4 distinct values occur"
+OUT_FILE, PROC = "is an existing file, expected a folder", "cannot create files in /proc"
+ROOT = pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+
+BATTERY = [
+    (TT + ["--out", "{d}/file"], OUT_FILE),
+    (TT + ["--out", "/proc/nope/x"], PROC),
+    pytest.param(TT + ["--out", "{d}/ro/x"], "is not writable", marks=ROOT),
+    (["train-teacher", "--arch", "cnn-small", *NPZ, "--out", "{d}/o"], LABELS),
+    (TT + ["--threads", "-1", "--out", "{d}/o"], "--threads must be >= 0"),
+    (DI + ["--out", "{d}/file"], OUT_FILE),
+    (DI + ["--out", "/proc/nope/x"], PROC),
+    (["distill", "--teacher", A, "--student", "cnn-small", "--data", "digits", "--out", "{d}/o"],
+     "student.card.json: input_shape C must be an integer, got 'a'"),
+    (["distill", "--teacher", M, "--student", "cnn-small", *NPZ, "--out", "{d}/o"], LABELS),
+    (DI + ["--threads", "-1", "--out", "{d}/o"], "--threads must be >= 0"),
+    (["evaluate", "--model", NAN, "--data", "digits"], "mean value must be a finite number, got nan"),
+    (["evaluate", "--model", HUGE, "--data", "digits"], r"H and W must lie in 1\.\.4096, got 1000000x1000000"),
+    (["evaluate", "--model", A, "--data", "digits"], "input_shape C must be an integer"),
+    (["evaluate", "--model", M, *NPZ], LABELS),
+    (EV + ["--attack-opt", "pgd20.steps=-1"], "steps must be a positive integer"),
+    (EV + ["--out", "/proc/nope/x.json"], PROC),
+    (EV + ["--out", "{d}/m"], "is a folder, expected a file"),
+    (EV + ["--threads", "-1"], "--threads must be >= 0"),
+    (["export", "--model", M, "--fp32", "--out", "{d}/file"], OUT_FILE),
+    (["export", "--model", M, "--fp32", "--out", "/proc/nope/x"], PROC),
+    pytest.param(["export", "--model", M, "--fp32", "--out", "{d}/ro/x"], "is not writable", marks=ROOT),
+    (["export", "--model", A, "--fp32", "--out", "{d}/o"], "input_shape C must be an integer"),
+    (["export", "--model", HUGE, "--fp32", "--out", "{d}/o"], "H and W must lie in"),
+    (["export", "--model", NAN, "--fp32", "--out", "{d}/o"], "mean value must be a finite number"),
+    (VE + ["--out", "{d}/file"], "is not a directory|is an existing file"),
+    pytest.param(VE + ["--out", "/proc/nope/x"], PROC, marks=_lead("verify: utils.check_out_dir(--out) (verify/*)")),
+    (["verify", "--reference", NAN, "--artifact", ONNX, "--data", "digits", "--out", "{d}/o"], "finite"),
+    (["verify", "--reference", M, "--artifact", ONNX, *NPZ, "--out", "{d}/o"], LABELS),
+    (["bench", "--artifact", ONNX, "--iters", "0"], "--iters must be >= 1"),
+    (["bench", "--artifact", ONNX, "--warmup", "-1"], "--warmup must be >= 0"),
+    (["bench", "--artifact", ONNX, "--threads", "-1"], "--threads must be >= 0"),
+    (["bench", "--reference", HUGE], "H and W must lie in"),
+    (["inspect", NAN], "mean value must be a finite number"),
+    (["inspect", HUGE], "too large|H and W must lie in"),
+    (["inspect", A], "input_shape C must be an integer"),
+    (["data", "npz", "--data-dir", "{d}/labels.npz"], LABELS),
+    (["data", "npz", "--data-dir", "{d}/lie.npz"], "declares shape .* the file is corrupt"),
+    (["run", "{d}/m"], "is a folder"),
+    (["run", "demo", "--out", "{d}/file"], OUT_FILE),
+    (["run", "demo", "--out", "/proc/nope/x"], PROC),
+    (["list", "nonsense"], "unknown section 'nonsense'"),
+]
+
+
+@pytest.mark.parametrize("argv,match", BATTERY, ids=lambda v: " ".join(v)[:60] if isinstance(v, list) else None)
+def test_battery(cli, bad, argv, match):
+    before = _tree(bad)
+    code, out, err = cli("--device", "cpu", *[a.format(d=bad) for a in argv])
+    assert code == 2, (out, err)
+    assert "Traceback" not in out + err and "internal error" not in out + err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert re.search(match, lines[0]), lines[0]
+    assert _tree(bad) == before  # nothing written, created or modified

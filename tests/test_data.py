@@ -312,3 +312,82 @@ def test_download_without_network_is_one_line(tmp_path):
 def test_every_source_registered():
     assert {"digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "npz"} <= set(DATASETS.names())
     assert all(DATASETS.meta(n).get("about") for n in DATASETS.names())
+
+
+# ---------------------------------------------------------------- untrusted sizes and labels
+
+def test_sparse_labels_do_not_make_millions_of_classes(tmp_path):
+    x = np.zeros((12, 4, 4, 1), np.uint8)
+    y = np.arange(12) % 3
+    y[5] = 9_999_999  # one id column value among class indices: must not build a 10M-class model
+    np.savez(tmp_path / "d.npz", x_train=x[:8], y_train=y[:8], x_test=x[8:], y_test=y[8:])
+    with pytest.raises(UserError, match=r"labels go up to 9999999 but only 4 distinct values occur .*0\.\.K-1"):
+        load_data("npz", root=tmp_path / "d.npz")
+
+
+def _npz_with_header(path, shape, data=b"\0" * 64):
+    """An .npz whose x_train header declares ``shape`` but holds only ``data``."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x_train.npy", buf.getvalue() + data)
+        for k, v in (("y_train", [0, 1]), ("x_test", np.zeros((2, 4, 4, 1), np.uint8)), ("y_test", [0, 1])):
+            b = io.BytesIO()
+            np.save(b, np.asarray(v))
+            z.writestr(f"{k}.npy", b.getvalue())
+    return path
+
+
+def test_npz_headers_are_checked_before_numpy_allocates(tmp_path):
+    p = _npz_with_header(tmp_path / "lie.npz", (10**6, 10**4, 10**4, 1))  # 100 PB claimed in a 1 KB file
+    with pytest.raises(UserError, match=r"declares shape .* holds only .* corrupt"):
+        load_data("npz", root=p)
+    big = tmp_path / "big.npz"  # honest but absurd: 5000-pixel sides, compressed to almost nothing
+    np.savez_compressed(big, x_train=np.zeros((1, 5000, 8, 1), np.uint8), y_train=[0], x_test=np.zeros((1, 4, 4, 1),
+                        np.uint8), y_test=[1])
+    with pytest.raises(UserError, match=r"x_train: images are 5000x8; sides must lie in 1\.\.4096"):
+        load_data("npz", root=big)
+    (tmp_path / "a.npy").write_bytes(b"\x93NUMPY")  # not a zip at all
+    with pytest.raises(UserError, match="not a valid .npz file"):
+        load_data("npz", root=tmp_path / "a.npy")
+
+
+def test_idx_header_is_checked_before_the_body_is_read(tmp_path):
+    import gzip
+    import struct
+
+    write_mnist(tmp_path / "m")
+    p = tmp_path / "m" / "train-images-idx3-ubyte.gz"
+    p.write_bytes(gzip.compress(struct.pack(">HBBIII", 0, 8, 3, 60000, 100000, 100000)))
+    with pytest.raises(UserError, match=r"images are 100000x100000; sides must lie in 1\.\.4096"):
+        load_data("mnist", root=tmp_path / "m")
+    p.write_bytes(gzip.compress(struct.pack(">HBBIII", 0, 8, 3, 2**32 - 1, 4096, 4096)))
+    with pytest.raises(UserError, match="more than this machine's memory"):
+        load_data("mnist", root=tmp_path / "m")
+
+
+def test_labels_outside_the_class_list_are_refused(tmp_path):
+    from datafiles import write_idx
+
+    arrays = write_mnist(tmp_path / "m")
+    write_idx(tmp_path / "m" / "t10k-labels-idx1-ubyte", np.full(len(arrays["test_y"]), 200, np.uint8))
+    with pytest.raises(UserError, match=r"test labels must lie in 0\.\.9 \(10 classes\), found 200\.\.200"):
+        load_data("mnist", root=tmp_path / "m")
+
+
+def test_imagefolder_refuses_oversized_images(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.fromarray(np.zeros((6, 6), np.uint8)).save(tmp_path / split / cls / "0.png")
+    Image.fromarray(np.zeros((5000, 4), np.uint8)).save(tmp_path / "train" / "a" / "1.png")
+    with pytest.raises(UserError, match=r"1\.png is 5000x4; images may be at most 4096 pixels per side \(or pass"):
+        load_data("imagefolder", root=tmp_path)
+    assert load_data("imagefolder", root=tmp_path, resize=6).input_shape == (1, 6, 6)  # photos: resize them
+    with pytest.raises(UserError, match=r"resize must lie in 1\.\.4096"):
+        load_data("imagefolder", root=tmp_path, resize="9000x8")

@@ -84,7 +84,7 @@ def test_distill_end_to_end(cli, digits_teacher, tmp_path, method, extra):
         assert len(h) == 2 and h[-1]["val_clean"] > 0.25 and h[-1]["loss"] < h[0]["loss"]
     else:
         assert card.provenance["asa"] is False and card.provenance["mim"] is True
-        assert card.provenance["args"]["opt"] == ["mim_tau=0.2"]
+        assert card.provenance["config"]["opts"] == {"mim_tau": "0.2"}
 
 
 def test_distill_cli_errors(cli, digits_teacher, tmp_path):

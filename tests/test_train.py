@@ -233,7 +233,7 @@ def test_train_teacher_cli_refuses_clobber_and_resumes(cli, tmp_path):
     assert res["completed"] and Path(res["model"]).exists() and res["val_clean"] is not None
     card = load_card(out / "teacher.pt")
     assert card.provenance["method"] == "trades" and card.provenance["beta"] == 6.0
-    assert card.provenance["args"]["train_limit"] == 192
+    assert card.provenance["config"]["train_limit"] == 192
     code, _, err = cli(*args)
     assert code == 2 and "already holds a run" in err and len(err.strip().splitlines()) == 1
     code, _, err = cli(*args, "--force")

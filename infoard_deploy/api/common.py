@@ -26,16 +26,13 @@ class Result:
 
 
 def set_threads(threads: int) -> None:
-    """``threads`` > 0 sets torch's intra-op threads (ONNX Runtime sessions take it separately); 0 keeps
-    the library defaults. On a busy 2-core machine one thread can be 5-10x faster than two (BENCHMARKS.md)."""
+    """``threads`` > 0 sets torch's and ONNX Runtime's intra-op threads; 0 keeps the library defaults. On a busy
+    2-core machine one thread can be 5-10x faster than two (BENCHMARKS.md)."""
     if threads is None:
         return
-    if int(threads) < 0:
-        raise UserError(f"--threads must be >= 0 (0: the library default), got {threads}")
-    if threads:
-        import torch
+    from ..utils import set_threads as _set
 
-        torch.set_num_threads(int(threads))
+    _set(threads)
 
 
 # API keyword -> CLI flag, where the flag is not simply the keyword in kebab case.

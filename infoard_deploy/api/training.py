@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..errors import UserError
+from ..utils import check_out_dir
 from .common import Result, command_line, config_defaults, config_values, set_threads
 from .models import LoadedModel, ModelSpec, check_fits, load_model
 
@@ -88,6 +89,11 @@ class TrainingResult(Result):
         return list(self.data.get("warnings", []))
 
 
+def _plain(cfg) -> Dict[str, Any]:
+    """The config as JSON-able values (paths as strings), recorded in the card's provenance."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in config_values(cfg).items()}
+
+
 def _config(cls, config, kwargs):
     if config is not None and kwargs:
         raise TypeError("give a config object or keyword arguments, not both")
@@ -137,6 +143,14 @@ def training_provenance(bundle, tcfg, normalisation: Optional[Dict[str, Any]] = 
                                                "source": "dataset statistics (inside the model)"}}
 
 
+def _check_run_folder(tcfg) -> None:
+    """Refuse a folder holding another run (or --resume with nothing to resume) before any output or work;
+    the trainer checks again under the folder's lock."""
+    from ..train.runstate import prepare_out_dir
+
+    prepare_out_dir(tcfg.out, tcfg.model_name, tcfg.resume, tcfg.force, mutate=False)
+
+
 def _result(result, *, kind: str, t0: float, info: Dict[str, Any], warnings: Sequence[str] = ()) -> TrainingResult:
     m = result.metrics or {}
     path = result.final_model_path
@@ -172,15 +186,18 @@ def train_teacher(config: Optional[TeacherConfig] = None, *, log: Optional[Calla
     cfg = _config(TeacherConfig, config, kwargs)
     t0 = time.perf_counter()
     set_threads(cfg.threads)
+    if cfg.out is not None:
+        check_out_dir(cfg.out)
     m = build_teacher_method(cfg.method, steps=cfg.attack_steps, step_frac=cfg.step_frac,
                              **({"beta": cfg.beta} if cfg.beta is not None else {}))
     bundle = load_data(cfg.data, root=cfg.data_dir, download=cfg.download)
     out_dir = cfg.out or f"runs/teacher-{bundle.name}-{cfg.arch}-{m.name}"
     cmd = command_line("train-teacher", {**config_values(cfg), "out": out_dir}, defaults=config_defaults(TeacherConfig))
     tcfg = _train_config(cfg, out=out_dir, model_name="teacher", attack_steps=m.steps,
-                         extra={"command": cmd, "step_frac": m.step_frac,
+                         extra={"command": cmd, "config": _plain(cfg), "step_frac": m.step_frac,
                                 **({"beta": m.beta} if hasattr(m, "beta") else {})})
     tcfg = tcfg.resolved(m.schedule, bundle.default_eps)
+    _check_run_folder(tcfg)
     if log:
         log(f"train-teacher: {m.name} {cfg.arch} on {bundle.name} eps {tcfg.eps:.4g}, {tcfg.epochs} epochs, "
             f"batch {tcfg.batch_size}, lr {tcfg.lr:g} -> {out_dir}")
@@ -203,7 +220,13 @@ def load_teacher(path: str | Path, bundle, arch: Optional[str] = None, mean: Opt
     c, h, w = bundle.input_shape
     if mean is not None and len(mean) != c:
         raise UserError(f"--teacher-mean has {len(mean)} values but {bundle.name} images have {c} channels")
-    t = load_model(path, ModelSpec(arch=arch, mean=mean, std=std), data=bundle)
+    try:
+        t = load_model(path, ModelSpec(arch=arch, mean=mean, std=std), data=bundle)
+    except UserError as e:  # the loader names the generic flags; distill's are --teacher-*
+        msg = str(e)
+        for flag in ("--arch", "--mean", "--std"):
+            msg = msg.replace(flag + " ", "--teacher-" + flag[2:] + " ").replace(flag + ")", "--teacher-" + flag[2:] + ")")
+        raise UserError(msg) from None
     check_fits(t, bundle, role="teacher")
     x = to_tensor(bundle.train.get(list(range(min(2, len(bundle.train)))))[0])
     try:
@@ -288,6 +311,8 @@ def distill(config: Optional[DistillConfig] = None, *, log: Optional[Callable[[s
         raise UserError("distill needs a teacher: pass --teacher FILE")
     t0 = time.perf_counter()
     set_threads(cfg.threads)
+    if cfg.out is not None:
+        check_out_dir(cfg.out)
     MODELS.get(cfg.student)  # unknown names fail before any loading
     m = build_distill_method(cfg.method, cfg.asa, cfg.mim, dict(cfg.opts), cfg.protocol)
     bundle = load_data(cfg.data, root=cfg.data_dir, download=cfg.download)
@@ -298,8 +323,9 @@ def distill(config: Optional[DistillConfig] = None, *, log: Optional[Callable[[s
     asa_on = getattr(m, "asa", None) is not None if cfg.asa is None else cfg.asa
     mim_on = getattr(m, "mim", None) is not None if cfg.mim is None else cfg.mim
     tcfg = _train_config(cfg, out=out_dir, model_name="student",
-                         extra={"command": cmd, "asa": asa_on, "mim": mim_on})
+                         extra={"command": cmd, "config": _plain(cfg), "asa": asa_on, "mim": mim_on})
     tcfg = tcfg.resolved(m.schedule, bundle.default_eps)
+    _check_run_folder(tcfg)
     warnings = [f"teacher: {w}" for w in teacher.warnings]
     t_acc = teacher_accuracy(teacher.model, bundle, tcfg)
     if t_acc is not None and t_acc < 1.5 / bundle.num_classes:

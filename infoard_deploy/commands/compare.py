@@ -36,7 +36,9 @@ def register(app: typer.Typer) -> None:
         for r in resolved:
             if r.device == "auto" and STATE.device_spec != "auto":
                 r = replace(r, device=STATE.device_spec)
-            run_dir = out or Path("runs") / r.name
+            from ..utils import check_out_dir
+
+            run_dir = check_out_dir(out or Path("runs") / r.name, "--out")
             res = Comparison(r, run_dir, force=force,
                              log=lambda s: err_console.print(f"[dim]{escape(s)}[/dim]", soft_wrap=True)).run()
             results.append(res.to_dict())

@@ -68,11 +68,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Robust accuracy under clean, FGSM, PGD-20, CW-inf and AutoAttack, with gradient-masking checks."""
         from ..api import EvaluateConfig, ModelSpec, evaluate
-        from ..utils import write_json_atomic
+        from ..utils import check_out_file, write_json_atomic
 
         if out is not None:
-            if out.is_dir():
-                raise UserError(f"--out {out} is a directory; give a file name such as report.json")
+            check_out_file(out, "--out")
             if out.exists() and not force:
                 raise UserError(f"{out} exists; pass --force to overwrite it")
         spec = ModelSpec(arch=arch, num_classes=num_classes, mean=floats(mean, "--mean"), std=floats(std, "--std"))

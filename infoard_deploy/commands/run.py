@@ -33,7 +33,9 @@ def register(app: typer.Typer) -> None:
         r = resolve_recipe(recipe, set_ or [])
         if r.device == "auto" and STATE.device_spec != "auto":
             r = replace(r, device=STATE.device_spec)  # the global --device applies to every stage
-        run_dir = out or Path("runs") / r.name
+        from ..utils import check_out_dir
+
+        run_dir = check_out_dir(out or Path("runs") / r.name, "--out")
 
         def log(msg: str) -> None:
             if msg.startswith("== "):

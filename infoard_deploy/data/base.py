@@ -5,12 +5,58 @@ them into float32 NCHW tensors in [0,1] (normalisation lives inside the model, n
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
+# Untrusted data files are held to the model card's bounds: a single label of 10,000,000 must not
+# build a 10M-class model, nor an array header a terabyte allocation.
+from ..card import MAX_CHANNELS, MAX_CLASSES, MAX_SIDE
 from ..errors import UserError
+
+
+def check_labels(ys: Sequence[np.ndarray], source: str, num_names: Optional[int] = None) -> int:
+    """The class count K implied by integer labels ``ys`` (all splits): labels must be 0..K-1.
+
+    K is the largest label + 1 (or ``num_names`` when class names are given). Refused: K above
+    :data:`MAX_CLASSES`, or labels so sparse that K exceeds the number of examples -- a typo or a
+    foreign id column, not a class index.
+    """
+    ys = [np.asarray(y) for y in ys if len(y)]
+    if not ys:
+        raise UserError(f"{source}: no labels")
+    top = max(int(y.max()) for y in ys)
+    n = sum(len(y) for y in ys)
+    k = top + 1
+    if num_names is not None:
+        if num_names > MAX_CLASSES:
+            raise UserError(f"{source}: {num_names} class names are given; at most {MAX_CLASSES} classes")
+        if k > num_names:
+            raise UserError(f"{source}: labels go up to {top} but only {num_names} class names are given")
+        k = num_names
+    if k > MAX_CLASSES or (num_names is None and k > n):
+        distinct = len(np.unique(np.concatenate(ys)))
+        raise UserError(f"{source}: labels go up to {top} but only {distinct} distinct values occur in {n} "
+                        f"examples; labels must be 0..K-1 (K = number of classes, at most {MAX_CLASSES})")
+    return k
+
+
+def memory_budget() -> int:
+    """Physical memory in bytes (the most any single dataset may claim); 64 GiB where unknown."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 64 << 30
+
+
+def check_image_shape(h: int, w: int, c: int, source: str, max_side: int = MAX_SIDE) -> None:
+    """Refuse image sizes no model here can take (and whose arrays would not fit in memory)."""
+    if not (1 <= h <= max_side and 1 <= w <= max_side):
+        raise UserError(f"{source}: images are {h}x{w}; sides must lie in 1..{max_side} pixels")
+    if not 1 <= c <= MAX_CHANNELS:
+        raise UserError(f"{source}: images have {c} channels; at most {MAX_CHANNELS}")
 
 
 class ImageSet(Protocol):
@@ -60,6 +106,7 @@ def validate_images(x: np.ndarray, source: str) -> np.ndarray:
         raise UserError(f"{source}: images must be (N, H, W, C), got shape {x.shape}")
     if x.shape[0] == 0:
         raise UserError(f"{source}: no images")
+    check_image_shape(int(x.shape[1]), int(x.shape[2]), int(x.shape[3]), source)
     if x.dtype == np.uint8:
         return x
     if np.issubdtype(x.dtype, np.floating):
@@ -101,9 +148,16 @@ class DataBundle:
         return len(self.classes)
 
     def check(self) -> "DataBundle":
+        k = self.num_classes
+        if not 2 <= k <= MAX_CLASSES:
+            raise UserError(f"{self.name}: a classifier needs 2..{MAX_CLASSES} classes, found {k}")
         for split, s in (("train", self.train), ("test", self.test)):
             if len(s) == 0:
                 raise UserError(f"{self.name}: the {split} split is empty")
+            y = getattr(s, "y", None)  # every in-tree set keeps its labels in memory: a cheap full check
+            if y is not None and len(y) and (int(np.min(y)) < 0 or int(np.max(y)) >= k):
+                raise UserError(f"{self.name}: {split} labels must lie in 0..{k - 1} ({k} classes), found "
+                                f"{int(np.min(y))}..{int(np.max(y))}")
             xb, yb = s.get(np.arange(min(len(s), 1)))
             if tuple(xb.shape[1:]) != (self.input_shape[1], self.input_shape[2], self.input_shape[0]):
                 raise UserError(f"{self.name}: {split} images are {xb.shape[1:]}, expected HWC "

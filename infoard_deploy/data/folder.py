@@ -17,7 +17,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import UserError
-from .base import DataBundle
+from .base import MAX_CLASSES, MAX_SIDE, DataBundle
 from .stats import pixel_stats, safe_std
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -26,11 +26,13 @@ _STATS_SAMPLES = 512
 
 
 def _pil():
+    """``(Image, errors)``: the exceptions that mean "this file is not an image we can read", among them
+    Pillow's DecompressionBombError (an image of hundreds of megapixels)."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:  # pragma: no cover - Pillow comes with matplotlib
         raise UserError("reading an image folder needs Pillow (pip install pillow)") from None
-    return Image, UnidentifiedImageError
+    return Image, (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError)
 
 
 def parse_size(resize: Any) -> Optional[Tuple[int, int]]:
@@ -50,8 +52,8 @@ def parse_size(resize: Any) -> Optional[Tuple[int, int]]:
             hw = (int(h), int(w))
     except (ValueError, TypeError, IndexError):
         raise UserError(f"resize must be N, HxW or (H, W), got {resize!r}") from None
-    if min(hw) <= 0:
-        raise UserError(f"resize must be positive, got {resize!r}")
+    if min(hw) <= 0 or max(hw) > MAX_SIDE:
+        raise UserError(f"resize must lie in 1..{MAX_SIDE} pixels per side, got {resize!r}")
     return hw
 
 
@@ -61,6 +63,8 @@ def _scan(split_dir: Path, classes: Optional[List[str]]) -> Tuple[List[str], Lis
     found = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not found:
         raise UserError(f"{split_dir} has no class sub-folders (expected {split_dir}/<class>/*.png)")
+    if len(found) > MAX_CLASSES:
+        raise UserError(f"{split_dir} has {len(found)} class sub-folders; at most {MAX_CLASSES} classes")
     if classes is None:
         classes = found
     else:
@@ -90,7 +94,7 @@ def _headers(paths: Sequence[Path]) -> Tuple[List[Tuple[int, int]], List[str]]:
             with Image.open(p) as im:
                 sizes.append((im.height, im.width))
                 modes.append(im.mode)
-        except (Unidentified, OSError, ValueError) as e:
+        except Unidentified as e:
             raise UserError(f"cannot read image {p}: {' '.join(str(e).split())}") from None
     return sizes, modes
 
@@ -124,7 +128,7 @@ class FolderSet:
                                         f"give resize=HxW")
                     im = im.resize((self.size[1], self.size[0]), Image.BILINEAR)
                 a = np.asarray(im, dtype=np.uint8)
-        except (Unidentified, OSError, ValueError) as e:
+        except Unidentified as e:
             raise UserError(f"cannot decode image {p}: {' '.join(str(e).split())}") from None
         return a[..., None] if a.ndim == 2 else a
 
@@ -152,6 +156,13 @@ def load_folder_bundle(root=None, download: bool = False, resize: Any = None, ch
     test_dir = root / "test" if (root / "test").is_dir() or not (root / "val").is_dir() else root / "val"
     _, te_paths, te_labels = _scan(test_dir, classes)
     sizes, modes = _headers(tr_paths + te_paths)
+    # Source images larger than a model input are fine when resized (photos), within reason.
+    limit = MAX_SIDE * 4 if resizing else MAX_SIDE
+    big = next((i for i, (h, w) in enumerate(sizes) if max(h, w) > limit), None)
+    if big is not None:
+        h, w = sizes[big]
+        raise UserError(f"image {(tr_paths + te_paths)[big]} is {h}x{w}; images may be at most {limit} pixels per "
+                        f"side" + ("" if resizing else " (or pass resize=HxW)"))
     if hw is None:
         hw = sizes[0]
         allp = tr_paths + te_paths

@@ -7,14 +7,16 @@ SHA-256 (see ``download.py``).
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zlib
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from ..errors import UserError
-from .base import ArraySet, DataBundle
+from .base import ArraySet, DataBundle, check_image_shape, memory_budget
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 SYSTEM_DIRS = {"fashion-mnist": ["/usr/share/datasets/fashion-mnist"], "mnist": ["/usr/share/datasets/mnist"]}
@@ -25,21 +27,38 @@ FILES = {
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Parse an IDX file (optionally gzipped): magic 0x0000 08 NDIM (unsigned byte), big-endian dims."""
+    """Parse an IDX file (optionally gzipped): magic 0x0000 08 NDIM (unsigned byte), big-endian dims.
+
+    The header is checked before the body is read, so a file (or a gzip bomb) declaring huge dims is
+    refused instead of decompressed into memory.
+    """
     try:
-        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as e:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            head = f.read(4)
+            if len(head) < 4:
+                raise UserError(f"{path.name} is not an IDX file (too short)")
+            zero, dtype, ndim = struct.unpack(">HBB", head)
+            if zero != 0 or dtype != 0x08 or ndim not in (1, 3):
+                raise UserError(f"{path.name} is not an unsigned-byte IDX file (bad magic number)")
+            raw_dims = f.read(4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise UserError(f"{path.name} is truncated inside its header")
+            dims = struct.unpack(">" + "I" * ndim, raw_dims)
+            if ndim == 3:
+                check_image_shape(dims[1], dims[2], 1, path.name)
+            n = math.prod(dims)
+            if n > memory_budget():
+                raise UserError(f"{path.name} declares dims {dims} ({n} bytes), more than this machine's memory")
+            body = f.read(n + 1)  # one byte more reveals trailing data
+    except UserError:
+        raise
+    except (OSError, EOFError, zlib.error) as e:
         raise UserError(f"cannot read {path}: {e}") from None
-    if len(raw) < 4:
-        raise UserError(f"{path.name} is not an IDX file (too short)")
-    zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype != 0x08 or ndim not in (1, 3):
-        raise UserError(f"{path.name} is not an unsigned-byte IDX file (bad magic number)")
-    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
-    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
-        raise UserError(f"{path.name} is truncated: {body.size} bytes of data for dims {dims}")
-    return body.reshape(dims)
+    if len(body) < n:
+        raise UserError(f"{path.name} is truncated: {len(body)} bytes of data for dims {dims}")
+    if len(body) > n:
+        raise UserError(f"{path.name} has data beyond its dims {dims} (not an IDX file of this layout)")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
 def _find(root: Path, stem: str) -> Optional[Path]:

@@ -27,7 +27,7 @@ class ExportImages:
 
 
 def _to_nchw_float(x: np.ndarray, source: str) -> np.ndarray:
-    x = np.asarray(x)
+    x = np.array(x)  # a copy: the input may be a read-only memory map of the user's file
     if x.ndim != 4:
         raise UserError(f"{source}: images must be 4-D (N, C, H, W float or N, H, W, C uint8), got {x.shape}")
     if x.dtype == np.uint8:
@@ -86,18 +86,26 @@ def load_export_images(calib_data: Optional[str], dataset: Optional[str], data_d
         if not path.is_file():
             raise UserError(f"calibration file not found: {path}")
         try:
-            arr = np.load(str(path), allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise UserError(f"{path.name} is not a readable .npy array: {str(e).splitlines()[0]}") from None
-        x = _to_nchw_float(arr, path.name)
-        if tuple(x.shape[1:]) != tuple(shape):
-            raise UserError(f"{path.name} holds images of shape {tuple(x.shape[1:])}; the model takes {tuple(shape)}")
-        calib = x[:calib_n] if want_calib else None
+            # Memory-mapped: the header's shape is checked against the file size before anything is read,
+            # and only the slices used below are ever loaded (a lying header cannot allocate terabytes).
+            arr = np.load(str(path), mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise UserError(f"{path.name} is not a readable .npy array: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        if not isinstance(arr, np.ndarray) or arr.ndim != 4:
+            got = arr.shape if isinstance(arr, np.ndarray) else type(arr).__name__
+            raise UserError(f"{path.name}: images must be 4-D (N, C, H, W float or N, H, W, C uint8), got {got}")
+        chw = (arr.shape[3], arr.shape[1], arr.shape[2]) if arr.dtype == np.uint8 else tuple(arr.shape[1:])
+        if tuple(chw) != tuple(shape):
+            raise UserError(f"{path.name} holds images of shape {tuple(chw)}; the model takes {tuple(shape)}")
+        if len(arr) == 0:
+            raise UserError(f"{path.name} holds no images")
+        calib = _to_nchw_float(arr[:calib_n], path.name) if want_calib else None
         if dataset:  # parity on the model's own dataset when known, else on the file's images
             imgs = _from_bundle(dataset, data_dir, shape, calib_n, check_n, val_fraction, seed, False)
             imgs.calib = calib
         else:
-            imgs = ExportImages(calib, x[-check_n:], None, {"check_split": f"file {path.name}"})
+            imgs = ExportImages(calib, _to_nchw_float(arr[-check_n:], path.name), None,
+                                {"check_split": f"file {path.name}"})
         imgs.info.update({"calib_source": f"file {path.name}", "calib_n": int(len(calib)) if calib is not None else 0})
         return imgs
     name = calib_data or dataset
@@ -109,7 +117,9 @@ def load_export_images(calib_data: Optional[str], dataset: Optional[str], data_d
         raise UserError("INT8 quantization needs calibration images: pass --calib-data DATASET|images.npy "
                         "(training images, never the test set)")
     rng = np.random.default_rng(seed)
-    x = rng.random((min(check_n, 256), *shape), dtype=np.float32)
+    per_image = 4 * int(np.prod([int(v) for v in shape]))
+    n = max(1, min(check_n, 256, (256 << 20) // max(per_image, 1)))  # at most ~256 MB of noise
+    x = rng.random((n, *shape), dtype=np.float32)
     return ExportImages(None, x, None, {"check_split": "uniform random images (no dataset known)"})
 
 

@@ -7,9 +7,19 @@ beside it with precision, calibration, parity figures, source checkpoint sha256,
 and batch range. A failed gate does not stop the run; the result lists every failure and the CLI
 exits 1. Nothing is overwritten without ``force``; an output folder holding another model's
 artifacts is named as such.
+
+Crash safety: the output folder is locked for the whole export (:func:`infoard_deploy.runlock.run_lock`).
+Each artifact is written under a hidden staging name (``.student.int8.onnx.partial``) and checked there;
+only then is it renamed into place, and its card (staged too) renamed last. A run killed at any moment
+therefore never leaves a final-named artifact that skipped its parity check; the staging files it
+leaves are removed by the next export into that folder. With ``force`` the previous artifact stays in
+place until its replacement has passed through all of this.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -21,7 +31,8 @@ import torch
 
 from ..card import ModelCard, card_path_for, load_card, provenance
 from ..errors import UserError
-from ..utils import atomic_path, sha256_file
+from ..runlock import run_lock
+from ..utils import check_out_dir, ort_threads, sha256_file
 from .checks import compare_logits, gate
 from .data import load_export_images
 from .onnx import check_onnx_file, export_onnx, io_info, slim_file, verify_file
@@ -76,6 +87,9 @@ def plan(stem: str, profiles: List[Profile], out_dir: Path) -> List[Artifact]:
 
 def check_outputs(arts: List[Artifact], source_sha: str, force: bool) -> None:
     """Refuse to overwrite any existing artifact or card without ``force``; name foreign artifacts."""
+    for f in (f for a in arts if a.requested for f in (a.path, card_path_for(a.path))):
+        if f.is_dir():  # even --force replaces files only, never a user's folder
+            raise UserError(f"{f} is a folder where the export would write a file; move it or choose another --out")
     if force:
         return
     for a in (a for a in arts if a.requested):
@@ -112,6 +126,35 @@ def _logits(fn, x: np.ndarray, bs: int = 256) -> np.ndarray:
     return np.concatenate([fn(x[i:i + bs]) for i in range(0, len(x), bs)]) if len(x) else np.zeros((0, 0))
 
 
+def staging_path(final: Path) -> Path:
+    """The hidden name an artifact is written and checked under before it is renamed to ``final``."""
+    return final.with_name(f".{final.name}.partial")
+
+
+def clear_staging(out_dir: Path, arts: List[Artifact]) -> List[Path]:
+    """Remove staging / temporary files a killed export left for these artifacts; returns them.
+
+    Only the exact hidden names this module and ``atomic_path`` derive from this export's artifact and
+    card names are touched (``.NAME.partial``, ``..NAME.partial.XXXXXXXX.onnx``, ``.NAME.XXXXXXXX.tmp``),
+    never a user's own ``.NAME.bak``. Call it holding the folder's run lock, so no live export's files go.
+    """
+    names = [n for a in arts if a.requested for n in (a.path.name, card_path_for(a.path).name)]
+    alts = "|".join(re.escape(n) for n in names)
+    pattern = re.compile(rf"^(?:\.(?:{alts})\.partial|\.{{1,2}}(?:{alts})(?:\.partial)?\.[A-Za-z0-9_]{{8}}"
+                         rf"(?:\.onnx|\.engine|\.tmp))$")
+    removed = []
+    try:
+        entries = list(os.scandir(out_dir))
+    except OSError:
+        return removed
+    for e in entries:
+        if names and pattern.match(e.name) and e.is_file(follow_symlinks=False):
+            with contextlib.suppress(OSError):
+                os.unlink(e.path)
+                removed.append(Path(e.path))
+    return removed
+
+
 def export_artifacts(model_path: str | Path, profiles: List[Profile], out_dir: str | Path, *,
                      calib_data: Optional[str] = None, data_dir: Optional[str] = None, check_n: int = 1000,
                      val_fraction: float = 0.1, seed: int = 0, force: bool = False, slim: bool = False,
@@ -120,7 +163,7 @@ def export_artifacts(model_path: str | Path, profiles: List[Profile], out_dir: s
     model_path = Path(model_path)
     if not model_path.is_file():
         raise UserError(f"model file not found: {model_path}")
-    out_dir = Path(out_dir)
+    out_dir = check_out_dir(out_dir, "--out")
     is_onnx = model_path.suffix.lower() == ".onnx"
     if is_onnx:
         check_onnx_file(model_path)  # custom-domain / malformed graphs fail before anything else
@@ -128,7 +171,18 @@ def export_artifacts(model_path: str | Path, profiles: List[Profile], out_dir: s
     sha = sha256_file(model_path)
     stem = model_path.stem
     arts = plan(stem, profiles, out_dir)
-    check_outputs(arts, sha, force)
+    with run_lock(out_dir, "export"):
+        stale = clear_staging(out_dir, arts)
+        if stale:
+            log(f"removed {len(stale)} staging file(s) left by an interrupted export")
+        check_outputs(arts, sha, force)
+        return _export_locked(arts, model, card, model_path, sha, is_onnx, profiles, out_dir, calib_data,
+                              data_dir, check_n, val_fraction, seed, slim, device, log)
+
+
+def _export_locked(arts, model, card, model_path: Path, sha: str, is_onnx: bool, profiles, out_dir: Path,
+                   calib_data, data_dir, check_n: int, val_fraction: float, seed: int, slim: bool, device,
+                   log: Log) -> Dict[str, Any]:
     if any(a.kind == "engine" for a in arts):
         from .tensorrt import import_tensorrt
 
@@ -145,7 +199,7 @@ def export_artifacts(model_path: str | Path, profiles: List[Profile], out_dir: s
         built: Dict[str, Path] = {}
         for a in arts:
             if not a.requested:
-                a.path = Path(td) / f"{stem}.fp32.onnx"
+                a.path = Path(td) / f"{model_path.stem}.fp32.onnx"
             results.append(_make_one(a, model, card, model_path, sha, is_onnx, imgs, ref, built, slim, device, log))
     out = [r for r in results if not r.get("intermediate")]
     failures = [f"{Path(r['path']).name}: {f}" for r in results for f in r["failures"]]
@@ -154,38 +208,76 @@ def export_artifacts(model_path: str | Path, profiles: List[Profile], out_dir: s
             "passed": not failures, "failures": failures}
 
 
+@contextlib.contextmanager
+def _staged(final: Path, requested: bool):
+    """Yield the path to write ``final`` under; remove it on failure. Messages name ``final``, not the stage."""
+    stage = staging_path(final) if requested else final
+    try:
+        yield stage
+    except UserError as e:
+        raise UserError(str(e).replace(stage.name, final.name)) from None
+    finally:
+        if requested and stage.exists():
+            stage.unlink()
+
+
+def _publish(stage: Path, final: Path, card: ModelCard) -> None:
+    """Rename a checked artifact into place, then its card (written under a staging name first).
+
+    The card goes last: a reader that sees a card sees the artifact it describes. A stale card of a
+    replaced artifact (``force``) is removed first so it never sits beside the new file.
+    """
+    cpath = card_path_for(final)
+    cstage = staging_path(cpath)
+    card.save(cstage)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            cpath.unlink()
+        os.replace(stage, final)
+        os.replace(cstage, cpath)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            cstage.unlink()
+
+
 def _make_one(a: Artifact, model, card: ModelCard, model_path: Path, sha: str, is_onnx: bool, imgs, ref,
               built: Dict[str, Path], slim: bool, device, log: Log) -> Dict[str, Any]:
+    with _staged(a.path, a.requested) as stage:
+        return _make_staged(a, stage, model, card, model_path, sha, is_onnx, imgs, ref, built, slim, device, log)
+
+
+def _make_staged(a: Artifact, stage: Path, model, card: ModelCard, model_path: Path, sha: str, is_onnx: bool,
+                 imgs, ref, built: Dict[str, Path], slim: bool, device, log: Log) -> Dict[str, Any]:
     prof0 = a.profiles[0] if a.profiles else None
     extra: Dict[str, Any] = {}
     if a.kind == "onnx":
         if a.precision == "fp32":
             if is_onnx:
-                with atomic_path(a.path, suffix=".onnx") as tmp:
-                    if slim:
-                        slim_file(model_path, tmp)
-                    else:
-                        shutil.copyfile(model_path, tmp)
-                    verify_file(tmp, name=a.path.name)
+                if slim:
+                    slim_file(model_path, stage)
+                else:
+                    shutil.copyfile(model_path, stage)
+                verify_file(stage, name=a.path.name)
             else:
-                export_onnx(model, a.path, card.input_shape, opset=a.opset, slim=slim)
+                export_onnx(model, stage, card.input_shape, opset=a.opset, slim=slim)
         elif a.precision == "fp16":
-            to_fp16(built["fp32"], a.path)
+            to_fp16(built["fp32"], stage)
         else:
-            quantize_int8(built["fp32"], a.path, imgs.calib, prof0.calib_method, prof0.per_channel, prof0.percentile,
+            quantize_int8(built["fp32"], stage, imgs.calib, prof0.calib_method, prof0.per_channel, prof0.percentile,
                           activations=prof0.activations)
             extra["calibration"] = {"method": prof0.calib_method, "n": int(len(imgs.calib)),
                                     "per_channel": prof0.per_channel, "source": imgs.info.get("calib_source"),
                                     "split": imgs.info.get("calib_split", "user file"),
                                     "activations": prof0.activations, "weights": "int8-symmetric"}
-            extra["qdq"] = qdq_summary(a.path)
-        built[a.precision] = a.path
+            extra["qdq"] = qdq_summary(stage)
+        built[a.precision] = stage
         from ..runtimes.onnxrt import OrtRuntime
 
-        with OrtRuntime(str(a.path), providers=["CPUExecutionProvider"], precision=a.precision) as rt:
+        with OrtRuntime(str(stage), providers=["CPUExecutionProvider"], precision=a.precision,
+                        threads=ort_threads()) as rt:
             out = _logits(rt.predict, imgs.check_x)
         runtime = "ort-cpu"
-        io = io_info(a.path)
+        io = io_info(stage)
         extra.update({"opset": io["opset"], "input_names": io["input_names"], "output_names": io["output_names"],
                       "dynamic_batch": {"dynamic": io["dynamic_batch"], "smoke_tested": [1, 64] if io["dynamic_batch"] else [1]}})
     else:
@@ -195,9 +287,9 @@ def _make_one(a: Artifact, model, card: ModelCard, model_path: Path, sha: str, i
         p = prof0
         log(f"building TensorRT engine {a.path.name} (batch {p.batch_min}/{p.batch_opt}/{p.batch_max}, "
             f"workspace {p.workspace_mb} MB)")
-        facts = build_engine(built[a.precision], a.path, card.input_shape, p.batch, p.workspace_mb, a.precision)
+        facts = build_engine(built[a.precision], stage, card.input_shape, p.batch, p.workspace_mb, a.precision)
         dev = device if device is not None and device.type == "cuda" else torch.device("cuda")
-        with TrtRuntime(str(a.path), precision=a.precision, device=dev) as rt:
+        with TrtRuntime(str(stage), precision=a.precision, device=dev) as rt:
             out = _logits(rt.predict, imgs.check_x)
         runtime = "tensorrt"
         extra.update({"tensorrt": facts, "input_names": [facts["input_name"]],
@@ -220,11 +312,13 @@ def _make_one(a: Artifact, model, card: ModelCard, model_path: Path, sha: str, i
                      "kind": a.kind, "precision": a.precision,
                      "provenance": provenance(source=str(model_path.resolve()), source_sha256=sha, source_kind=card.kind,
                                               command="export", profiles=[p.name for p in a.profiles],
-                                              artifact_sha256=sha256_file(a.path)),
+                                              artifact_sha256=sha256_file(stage)),
                      "metrics": {"parity": parity, "gate": {"passed": not fails, "failures": fails, "tolerances": tols},
                                  "check_data": imgs.info.get("check_split")},
                      "extra": extra})
-    c.save(card_path_for(a.path))
+    _publish(stage, a.path, c)
+    if a.precision in built and built[a.precision] == stage:
+        built[a.precision] = a.path  # fp16 / int8 / engines derive from the published file
     acc = f", acc {parity['accuracy']:.4f} (ref {parity['reference_accuracy']:.4f})" if "accuracy" in parity else ""
     log(f"{a.path.name}: max|d| {parity['max_abs']:.3g}, top-1 agree {parity['top1_agreement']:.4f}{acc} -> "
         f"{'ok' if not fails else 'FAILED: ' + '; '.join(fails)}")
@@ -233,4 +327,4 @@ def _make_one(a: Artifact, model, card: ModelCard, model_path: Path, sha: str, i
             "passed": not fails, "failures": fails, "tolerances": tols}
 
 
-__all__ = ["export_artifacts", "plan", "check_outputs", "Artifact"]
+__all__ = ["export_artifacts", "plan", "check_outputs", "clear_staging", "staging_path", "Artifact"]

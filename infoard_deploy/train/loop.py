@@ -22,7 +22,8 @@ from ..checkpoint import save_model
 from ..data import BatchLoader, split_indices
 from ..errors import UserError
 from ..methods.base import DistillMethod, StepContext
-from ..utils import parse_device, sha256_file
+from ..runlock import run_lock
+from ..utils import check_out_dir, parse_device, sha256_file
 from . import dist as D
 from .config import TrainConfig, amp_dtype, resume_mismatch
 from .metrics import RunningStats, count_correct, validate, write_metrics
@@ -83,16 +84,38 @@ def train(student: nn.Module, method: DistillMethod, bundle, cfg: TrainConfig, t
     if method.needs_teacher and teacher is None:
         raise UserError(f"method '{method.name}' distils from a teacher; pass --teacher")
     cfg = cfg.resolved(method.schedule, bundle.default_eps)
+    check_out_dir(cfg.out, "--out")  # a file, /proc/..., a read-only parent: refused before any work
     base_dev = parse_device(cfg.device)
     info = D.init_distributed(base_dev)
     try:
-        return _train(student, method, bundle, cfg, teacher, card_base, arch, teacher_arch, info,
-                      D.rank_device(base_dev, info))
+        dev = D.rank_device(base_dev, info)
+        with _folder_lock(cfg.out, f"training ({method.name})", info, dev):
+            return _train(student, method, bundle, cfg, teacher, card_base, arch, teacher_arch, info, dev)
     finally:
         teardown = getattr(method, "teardown", None)  # e.g. MIM removes its feature hooks from the models
         if callable(teardown):
             teardown()
         D.cleanup(info)
+
+
+@contextlib.contextmanager
+def _folder_lock(out: Path, what: str, info: D.DistInfo, dev: torch.device):
+    """Hold ``out``'s run lock for the whole run (rank 0 takes it; every rank fails alike if it is taken).
+
+    Taken before :func:`prepare_out_dir`, whose ``--force`` deletes the previous run's files: two runs
+    started together on one folder would otherwise both pass its checks and overwrite each other.
+    """
+    with contextlib.ExitStack() as stack:
+        err: Optional[UserError] = None
+        if info.is_main:
+            try:
+                stack.enter_context(run_lock(out, what))
+            except UserError as e:
+                err = e
+        if D.any_flag(err is not None, info, dev):
+            raise err or UserError(f"{out} is in use by another infoard-deploy process; wait for it or use "
+                                   f"another --out")
+        yield
 
 
 def _train(student, method, bundle, cfg: TrainConfig, teacher, card_base, arch, teacher_arch, info: D.DistInfo,

@@ -17,6 +17,7 @@ import torch
 
 from ..checkpoint import load_state, save_state
 from ..errors import UserError
+from ..utils import check_out_dir
 
 STATE_FILE = "state.pt"
 METRIC_FILES = ("metrics.jsonl", "metrics.csv")
@@ -34,8 +35,11 @@ def prepare_out_dir(out: Path, model_name: str, resume: bool, force: bool, mutat
 
     A fresh run refuses a folder holding a previous run unless ``force`` (then that run's files, and
     only those, are removed so the two runs never mix). ``resume`` needs an existing state file.
-    ``mutate=False`` (DDP ranks other than 0) only checks.
+    ``mutate=False`` (DDP ranks other than 0) only checks. The caller holds ``out``'s run lock
+    (:func:`infoard_deploy.runlock.run_lock`; :func:`.loop.train` does), so no other process changes the
+    folder between these checks and the run.
     """
+    out = check_out_dir(out, "--out")
     state = out / STATE_FILE
     if resume:
         if not state.exists():
