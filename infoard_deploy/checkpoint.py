@@ -1,19 +1,19 @@
-"""Safe model loading and atomic checkpoint writing.
+"""Safe model loading (any supported file, by content) and byte-reproducible checkpoint writing.
 
-Loading never executes code from a file: ``.pt/.pth`` go through ``torch.load(weights_only=True)``
-(a pickle that needs anything beyond tensors and plain containers is refused), ``.safetensors`` hold
-tensors only, TorchScript is loaded with ``torch.jit.load`` (a serialized graph, no pickled Python), and
-ONNX graphs are converted to a differentiable torch module with onnx2torch.
-
-Common state-dict layouts are unwrapped: ``{"state_dict": ...}``, ``{"model": ...}``, DataParallel's
-``module.`` prefix, ``torch.compile``'s ``_orig_mod.``, and TRADES' plain WRN state dicts.
+Loading never executes code from a file: pickles go through ``torch.load(weights_only=True)``, safetensors
+hold tensors only, TorchScript is a serialized graph, ONNX graphs are converted with onnx2torch. The format
+is read from the bytes (:mod:`.models.files`), never from the suffix. For state dicts the architecture comes
+from the card, the ``arch`` flag, RobustBench's table, or is inferred from parameter names and shapes
+(:mod:`.models.infer`); the input normalisation from the flag, the card, buffers in the file, the
+architecture's definition, or, when nothing is known, an explicit raw-[0,1] assumption with a warning
+(:mod:`.models.normalisation`). :func:`load_model_ex` reports all of that in a :class:`LoadInfo`.
 """
 from __future__ import annotations
 
-import pickle
-import zipfile
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -21,96 +21,88 @@ from torch import nn
 from .card import ModelCard, card_path_for, load_card
 from .errors import UserError
 from .models import MODELS, Normalized, build_model
+from .models import normalisation as norm
+from .models.files import extract_weights, read_weights, sniff_format, unrecognised
+from .models.graph import compat_for_onnx2torch as _compat_for_onnx2torch  # noqa: F401 (runtimes import it here)
+from .models.graph import load_onnx, load_torchscript, onnx_input_shape
+from .models.infer import compare, infer_architecture
+from .models.robustbench import RobustBenchEntry, entry_for_path, lookup
 from .utils import atomic_path, require_file
 
-_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "student", "ema", "params")
-_PREFIXES = ("module.", "_orig_mod.", "model.", "net.")
-_NORM_KEYS = ("mean", "std")
+ROBUSTBENCH_DIR_ENV = "INFOARD_ROBUSTBENCH_DIR"  # default model_dir for "robustbench:NAME" (else ./models)
+
+
+@dataclass
+class LoadInfo:
+    """How :func:`load_model_ex` read a file.
+
+    ``format``: ``state-dict`` | ``state-dict-legacy`` | ``safetensors`` | ``torchscript`` | ``onnx``;
+    ``architecture_source``: ``card`` | ``flag`` | ``inferred`` (from names and shapes) | ``robustbench``
+    (its model table) | ``graph`` (TorchScript / ONNX carry their own); ``normalisation_source``: ``card`` |
+    ``flag`` | ``file`` (buffers in the weights) | ``architecture`` (fixed by the definition: DM WideResNets,
+    RobustBench classes) | ``assumed`` (nothing known: mean 0 / std 1, with a warning).
+    """
+
+    format: str
+    architecture: str
+    architecture_source: str
+    normalisation_source: str
+    mean: List[float]
+    std: List[float]
+    normalisation_detail: str = ""
+    warnings: List[str] = field(default_factory=list)
+    path: Optional[Path] = None
 
 
 def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-    # TorchScript archives carry the serialized code; plain torch.save zips do not.
-    return any(n.split("/", 1)[-1].startswith("code/") for n in names) or any(n.endswith("constants.pkl") for n in names)
+    """Kept for callers that check before loading; the format is judged by content."""
+    p = Path(path)
+    return p.is_file() and sniff_format(p) == "torchscript"
 
 
 def _load_raw(path: Path) -> Any:
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError:  # pragma: no cover - safetensors is a core dependency
-            raise UserError("reading .safetensors needs the 'safetensors' package") from None
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as e:  # safetensors raises its own error types
-            raise UserError(f"{path.name} is not a valid safetensors file: {str(e).splitlines()[0]}") from None
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
-            raise UserError(
-                f"refused to load {path.name}: it is a pickle that would run code or build Python objects "
-                f"(weights-only loading); save a state_dict or use .safetensors instead"
-            ) from None
-        raise UserError(f"{path.name} is corrupt or not a PyTorch checkpoint ({first})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path.name} is corrupt or not a PyTorch checkpoint ({msg})") from None
+    """The weights-only content of a state-dict file in any of the state-dict formats."""
+    path = Path(path)
+    fmt = sniff_format(path)
+    if fmt is None:
+        raise unrecognised(path)
+    return read_weights(path, fmt)
 
 
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> Dict[str, torch.Tensor]:
-    """Find the tensor dict inside the usual checkpoint layouts and strip wrapper prefixes."""
-    for _ in range(4):
-        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            break
-        if isinstance(obj, dict):
-            inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], dict)), None)
-            if inner is None:
-                tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-                if tensors:
-                    obj = tensors
-                    break
-                raise UserError(f"{source} holds no weights (keys: {', '.join(list(obj)[:8])})")
-            obj = inner
-        else:
-            raise UserError(f"{source} is not a state dict (got {type(obj).__name__})")
-    sd = dict(obj)
-    changed = True
-    while changed:
-        changed = False
-        # a saved Normalized wrapper holds mean/std beside net.*: drop them first so "net." strips
-        sd = {k: v for k, v in sd.items() if k not in _NORM_KEYS}
-        for p in _PREFIXES:
-            if sd and all(k.startswith(p) for k in sd):
-                sd = {k[len(p):]: v for k, v in sd.items()}
-                changed = True
-    # our own Normalized wrapper stores mean/std as buffers; they live in the card instead
-    return {k: v for k, v in sd.items() if k not in _NORM_KEYS}
+    """The tensor dict inside the usual checkpoint layouts, wrapper prefixes and normalisation buffers removed."""
+    return extract_weights(obj, source)[0]
 
 
 def load_state_into(net: nn.Module, sd: Dict[str, torch.Tensor], arch: str, source: str) -> None:
-    """Strict load with an error that names the missing / unexpected / mis-shaped keys."""
+    """Strict load with an error that names the missing / unexpected / mis-shaped keys, and the registered
+    architecture the weights do match, if any."""
     own = net.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected:
-        def _fmt(keys):
-            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
-        raise UserError(
-            f"{source} does not match architecture '{arch}': "
-            + (f"missing keys {_fmt(missing)}" if missing else "")
-            + ("; " if missing and unexpected else "")
-            + (f"unexpected keys {_fmt(unexpected)}" if unexpected else "")
-        )
-    if shape:
-        raise UserError(f"{source} does not match architecture '{arch}': shape mismatch {'; '.join(shape[:3])}")
+    shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+             for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shape:
+        raise UserError(f"{source} does not match architecture '{arch}': "
+                        f"{_mismatch_text(missing, unexpected, shape)}{_match_hint(sd, arch)}")
     net.load_state_dict(sd, strict=True)
+
+
+def _mismatch_text(missing: List[str], unexpected: List[str], shape: List[str]) -> str:
+    def _fmt(keys):
+        return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+    parts = [f"missing keys {_fmt(missing)}" if missing else "",
+             f"unexpected keys {_fmt(unexpected)}" if unexpected else ""]
+    if shape and not (missing or unexpected):
+        parts.append(f"shape mismatch {'; '.join(shape[:3])}")
+    return "; ".join(p for p in parts if p)
+
+
+def _match_hint(sd: Dict[str, torch.Tensor], arch: str) -> str:
+    found = infer_architecture(sd)
+    if found.architecture and found.architecture != arch:
+        return f"; the weights match '{found.architecture}' (pass --arch {found.architecture} or fix the card)"
+    return ""
 
 
 def resolve_card(path: Path, card: Optional[ModelCard], overrides: Dict[str, Any]) -> Optional[ModelCard]:
@@ -127,125 +119,183 @@ def resolve_card(path: Path, card: Optional[ModelCard], overrides: Dict[str, Any
     return ModelCard.from_dict(d, source=f"model card of {path.name}")
 
 
-def load_model(
-    path: str | Path,
-    *,
-    arch: Optional[str] = None,
-    num_classes: Optional[int] = None,
-    input_shape: Optional[Sequence[int]] = None,
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
-    card: Optional[ModelCard] = None,
-) -> Tuple[nn.Module, ModelCard]:
-    """Load a model that takes [0,1] inputs; returns ``(model in eval mode, card)``.
-
-    ``arch``/``num_classes``/``input_shape``/``mean``/``std`` override the card beside the file.
-    State dicts need an architecture; TorchScript and ONNX models carry their own graph, and are
-    wrapped in :class:`Normalized` with the given mean/std (identity when the graph already
-    normalises).
-    """
-    path = require_file(path, "model file")
-    overrides = {"architecture": arch, "num_classes": num_classes,
-                 "input_shape": list(input_shape) if input_shape else None,
-                 "mean": list(mean) if mean is not None else None, "std": list(std) if std is not None else None}
-    suffix = path.suffix.lower()
-    if suffix == ".onnx" or (suffix in (".pt", ".pth", ".ts", ".jit") and _is_torchscript(path)):
-        net = _load_graph_model(path)
-        c = resolve_card(path, card, {**overrides, "architecture": overrides["architecture"] or
-                                      ("onnx" if suffix == ".onnx" else "torchscript")})
-        if c is None:
-            raise UserError(f"{path.name}: give --num-classes, --input-shape, --mean and --std (or a model card)")
-        model = Normalized(net, c.mean, c.std)
-        model.eval()
-        _check_output(model, c, path)
-        return model, c
-    if suffix not in (".pt", ".pth", ".safetensors", ".bin", ".ckpt"):
-        raise UserError(f"unsupported model format '{suffix}' for {path.name} (use .pt/.pth/.safetensors/TorchScript/.onnx)")
-    sd = extract_state_dict(_load_raw(path), source=path.name)
-    c = resolve_card(path, card, overrides)
-    if c is None:
-        c = _guess_card(sd, overrides, path)
-    if c.architecture not in MODELS:
-        raise UserError(MODELS.unknown_message(c.architecture))
-    head_w = next((v for k, v in sd.items() if k.endswith(("linear.weight", "fc.weight")) and v.dim() == 2), None)
-    if head_w is not None and head_w.shape[0] != c.num_classes:
-        raise UserError(f"{path.name} has {head_w.shape[0]} output classes but {c.num_classes} were expected")
-    stem_w = next((v for k, v in sd.items() if k == "conv1.weight" or k.endswith("stage1.0.weight")), None)
-    if stem_w is not None and stem_w.dim() == 4 and stem_w.shape[1] != c.input_shape[0]:
-        raise UserError(f"{path.name} takes {stem_w.shape[1]} input channels but {c.input_shape[0]} were expected")
-    model = build_model(c.architecture, c.num_classes, c.input_shape[0], c.input_shape[1], c.mean, c.std)
-    load_state_into(model.net, sd, c.architecture, path.name)
-    model.eval()
+def load_model(path: str | Path, *, arch: Optional[str] = None, num_classes: Optional[int] = None,
+               input_shape: Optional[Sequence[int]] = None, mean: Optional[Sequence[float]] = None,
+               std: Optional[Sequence[float]] = None, card: Optional[ModelCard] = None,
+               dataset_mean: Optional[Sequence[float]] = None, dataset_std: Optional[Sequence[float]] = None,
+               robustbench_dir: Optional[str | os.PathLike] = None) -> Tuple[nn.Module, ModelCard]:
+    """Load a model that takes [0,1] inputs; returns ``(model in eval mode, card)``. See :func:`load_model_ex`."""
+    model, c, _ = load_model_ex(path, arch=arch, num_classes=num_classes, input_shape=input_shape, mean=mean,
+                                std=std, card=card, dataset_mean=dataset_mean, dataset_std=dataset_std,
+                                robustbench_dir=robustbench_dir)
     return model, c
 
 
-def _guess_card(sd: Dict[str, torch.Tensor], over: Dict[str, Any], path: Path) -> ModelCard:
-    """Without a card: need at least --arch; classes and channels are read from the weights."""
-    if not over.get("architecture"):
-        raise UserError(f"{path.name} has no model card; pass --arch (one of: {', '.join(MODELS.names())})")
-    head_w = next((v for k, v in sd.items() if k.endswith(("linear.weight", "fc.weight")) and v.dim() == 2), None)
-    stem_w = next((v for k, v in sd.items() if k == "conv1.weight" or k.endswith("stage1.0.weight")), None)
-    k = over.get("num_classes") or (int(head_w.shape[0]) if head_w is not None else None)
-    c = int(stem_w.shape[1]) if stem_w is not None and stem_w.dim() == 4 else 3
-    shape = over.get("input_shape") or [c, 32, 32]
-    mean = over.get("mean") or [0.0] * shape[0]
-    std = over.get("std") or [1.0] * shape[0]
-    if k is None:
-        raise UserError(f"{path.name}: cannot tell the class count; pass --num-classes")
-    return ModelCard.from_dict({"architecture": over["architecture"], "num_classes": k, "input_shape": shape,
-                                "mean": mean, "std": std}, source=f"flags for {path.name}")
+def load_model_ex(path: str | Path, *, arch: Optional[str] = None, num_classes: Optional[int] = None,
+                  input_shape: Optional[Sequence[int]] = None, mean: Optional[Sequence[float]] = None,
+                  std: Optional[Sequence[float]] = None, card: Optional[ModelCard] = None,
+                  dataset_mean: Optional[Sequence[float]] = None, dataset_std: Optional[Sequence[float]] = None,
+                  robustbench_dir: Optional[str | os.PathLike] = None) -> Tuple[nn.Module, ModelCard, LoadInfo]:
+    """Load any supported model file; returns ``(model in eval mode, card, LoadInfo)``.
 
-
-def _compat_for_onnx2torch(proto):
-    """Make graphs from current exporters digestible for onnx2torch 1.5, which stops at opset 17.
-
-    torch's dynamo exporter writes opset 18 (``ReduceMean`` with axes as an input, ``Reshape`` with
-    ``allowzero=1``); the ONNX version converter rewrites those ops to their opset-17 forms. ``allowzero``
-    only matters for a literal 0 in the target shape, which flatten-style reshapes never contain.
+    ``path`` is a file (state dict in any torch serialisation, ``.safetensors``, TorchScript, ONNX; the
+    suffix does not matter) or ``robustbench:[DATASET/[THREAT/]]NAME`` (looked up in ``robustbench_dir``,
+    ``$INFOARD_ROBUSTBENCH_DIR`` or ``./models`` in RobustBench's layout). ``arch`` / ``num_classes`` /
+    ``input_shape`` / ``mean`` / ``std`` override the card beside the file. ``dataset_mean`` / ``dataset_std``
+    are the statistics of the data the caller will feed: used only where the architecture's definition
+    normalises with its training set's statistics (DM WideResNets), and named in the warning when the
+    normalisation has to be assumed. The model maps float (N, C, H, W) in [0,1] to logits (N, K).
     """
-    import onnx
-    from onnx import version_converter
+    if (mean is None) != (std is None):
+        raise UserError("give --mean and --std together")
+    rb: Optional[RobustBenchEntry] = None
+    if isinstance(path, str) and path.lower().startswith("robustbench:"):
+        rb = lookup(path)
+        path = rb.path(robustbench_dir or os.environ.get(ROBUSTBENCH_DIR_ENV) or "models")
+        if not path.is_file():
+            raise UserError(f"RobustBench model {rb.name} is not downloaded: put its checkpoint at {path} "
+                            f"(Google Drive file {rb.gdrive_id}, {rb.url})")
+    path = require_file(path, "model file")
+    fmt = sniff_format(path)
+    if fmt is None:
+        raise unrecognised(path)
+    base = card or load_card(path, required=False)
+    by_path = False
+    if rb is None and base is None and arch is None and mean is None:
+        rb = entry_for_path(path)  # a file kept in RobustBench's own layout: its table knows the normalisation
+        by_path = rb is not None
+    flags = {"architecture": arch, "num_classes": num_classes,
+             "input_shape": list(input_shape) if input_shape else None,
+             "mean": [float(v) for v in mean] if mean is not None else None,
+             "std": [float(v) for v in std] if std is not None else None}
+    if fmt in ("torchscript", "onnx"):
+        model, c, info = _load_graph(path, fmt, base, flags, dataset_mean, dataset_std)
+    else:
+        model, c, info = _load_state_dict(path, fmt, base, flags, rb, by_path, dataset_mean, dataset_std)
+        rb = rb if info.architecture_source == "robustbench" else None
+    info.path = path
+    c.provenance = {**c.provenance}
+    c.provenance.setdefault("normalisation_source", info.normalisation_source)
+    c.provenance.setdefault("architecture_source", info.architecture_source)
+    if rb is not None:
+        c.provenance.setdefault("robustbench", f"{rb.dataset}/{rb.threat_model}/{rb.name}")
+    if info.warnings:
+        c.extra = {**c.extra, "warnings": list(info.warnings)}
+    model.eval()
+    return model, c, info
 
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
-    if opset > 17:
-        try:
-            proto = version_converter.convert_version(proto, 17)
-        except Exception:  # leave it; onnx2torch's own error names the operator it lacks
-            return proto
-    consts = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
-    for node in proto.graph.node:
-        if node.op_type == "Reshape":
-            shape = consts.get(node.input[1]) if len(node.input) > 1 else None
-            if shape is not None and 0 not in shape.tolist():
-                keep = [a for a in node.attribute if a.name != "allowzero"]
-                del node.attribute[:]
-                node.attribute.extend(keep)
-    return proto
+
+def _normalisation(name: str, base: Optional[ModelCard], flags: Dict[str, Any],
+                   found: Optional[norm.FileNormalisation], arch_norm, in_channels: int, dataset_mean,
+                   dataset_std) -> Tuple[List[float], List[float], str, str, List[str]]:
+    """``(mean, std, source, detail, warnings)``: flag > card > buffers in the file > architecture > assumed."""
+    warns: List[str] = []
+    if flags["mean"] is not None or base is not None:
+        src = "flag" if flags["mean"] is not None else "card"
+        mean, std = (flags["mean"], flags["std"]) if src == "flag" else (list(base.mean), list(base.std))
+        if found is not None and not (norm.same(mean, found.mean) and norm.same(std, found.std)):
+            warns.append(f"{name} carries normalisation buffers ({'/'.join(found.keys)}: mean {found.mean}, std "
+                         f"{found.std}) but the {src} says mean {mean}, std {std}; using the {src}'s")
+        return mean, std, src, f"from the {src}", warns
+    if found is not None:
+        return found.mean, found.std, "file", f"buffers {'/'.join(found.keys)} in the weights", warns
+    if arch_norm is not None:
+        mean, std, detail, warning = arch_norm
+        return mean, std, "architecture", detail, warns + ([f"{name}: {warning}"] if warning else [])
+    mean, std = norm.raw(in_channels)
+    return mean, std, "assumed", "nothing known", [norm.assumed_warning(name, in_channels, dataset_mean, dataset_std)]
 
 
-def _load_graph_model(path: Path) -> nn.Module:
-    if path.suffix.lower() == ".onnx":
-        try:
-            import onnx
-            from onnx2torch import convert
-        except ImportError:
-            raise UserError("loading an ONNX teacher needs onnx and onnx2torch (pip install infoard-deploy)") from None
-        try:
-            proto = onnx.load(str(path))
-        except Exception as e:
-            raise UserError(f"{path.name} is not a readable ONNX model: {str(e).splitlines()[0]}") from None
-        proto = _compat_for_onnx2torch(proto)
-        try:
-            net = convert(proto)
-        except Exception as e:
-            raise UserError(f"cannot convert {path.name} to torch (onnx2torch): {str(e).splitlines()[0]}") from None
-        for p in net.parameters():
-            p.requires_grad_(False)
-        return net.float()
+def _load_state_dict(path: Path, fmt: str, base: Optional[ModelCard], flags: Dict[str, Any],
+                     rb: Optional[RobustBenchEntry], rb_by_path: bool, dataset_mean, dataset_std):
+    sd, found = extract_weights(read_weights(path, fmt), source=path.name)
+    name = path.name
+    if rb is not None and rb_by_path and not compare(rb.arch, sd).exact:
+        rb = None  # only named like a RobustBench file: fall back to inference
+    if flags["architecture"] is not None:
+        arch, arch_src = flags["architecture"], "flag"
+    elif base is not None:
+        arch, arch_src = base.architecture, "card"
+    elif rb is not None:
+        arch, arch_src = rb.arch, "robustbench"
+    else:
+        res = infer_architecture(sd)
+        if res.architecture is None:
+            raise UserError(f"{name} has no model card and {res.why_not()}; pass --arch to name one")
+        arch, arch_src = res.architecture, "inferred"
+    if arch not in MODELS:
+        raise UserError(MODELS.unknown_message(arch))
+    arch = arch.strip().lower()
+    meta = MODELS.meta(arch)
+    head_w, stem_w = sd.get(f"{meta['head']}.weight"), sd.get(f"{meta['stem']}.weight")
+    k_file = int(head_w.shape[0]) if isinstance(head_w, torch.Tensor) and head_w.dim() == 2 else None
+    c_file = int(stem_w.shape[1]) if isinstance(stem_w, torch.Tensor) and stem_w.dim() == 4 else None
+    k = flags["num_classes"] or (base.num_classes if base else None) or k_file
+    shape = flags["input_shape"] or (list(base.input_shape) if base else None)
+    c = shape[0] if shape else (c_file or 3)
+    if k is None:
+        raise UserError(f"{name}: cannot tell the class count ({meta['head']}.weight is missing); pass --num-classes")
+    if k_file is not None and k_file != k:
+        raise UserError(f"{name} has {k_file} output classes but {k} were expected")
+    if c_file is not None and c_file != c:
+        raise UserError(f"{name} takes {c_file} input channels but {c} were expected")
+    cmp = compare(arch, sd, k, c)
+    if not cmp.exact:  # judged on the meta device: a wrong guess never allocates a 267M-parameter model
+        raise UserError(f"{name} does not match architecture '{arch}': "
+                        f"{_mismatch_text(cmp.missing, cmp.unexpected, cmp.mismatched)}{_match_hint(sd, arch)}")
+    arch_norm = _rb_norm(rb) if rb is not None else norm.architecture_normalisation(
+        meta.get("normalisation"), k, c, dataset_mean, dataset_std)
+    mean, std, nsrc, detail, warns = _normalisation(name, base, flags, found, arch_norm, c, dataset_mean, dataset_std)
+    shape = shape or [c, meta.get("input_size", 32), meta.get("input_size", 32)]
+    fields = {"architecture": arch, "num_classes": k, "input_shape": shape, "mean": mean, "std": std}
+    if base is not None:
+        card = ModelCard.from_dict({**base.to_dict(), **fields}, source=f"model card of {name}")
+    else:
+        card = ModelCard.from_dict({**fields, **({"dataset": rb.dataset} if rb else {})}, source=f"weights of {name}")
+    model = build_model(arch, k, c, shape[1], mean, std)
+    load_state_into(model.net, sd, arch, name)
+    return model, card, LoadInfo(fmt, arch, arch_src, nsrc, list(mean), list(std), detail, warns)
+
+
+def _rb_norm(rb: RobustBenchEntry):
+    """RobustBench's class normalises (``mu``/``sigma``, ``2x-1``, DM constants) or not (``raw``)."""
+    return rb.mean, rb.std, f"RobustBench {rb.name} ({rb.normalisation})", None
+
+
+def _load_graph(path: Path, fmt: str, base: Optional[ModelCard], flags: Dict[str, Any], dataset_mean, dataset_std):
+    """TorchScript / ONNX: the graph is the architecture; normalisation from flag or card, else assumed raw."""
+    # eval before any forward pass: onnx2torch returns a module in training mode, whose BatchNorms would
+    # overwrite their running statistics on the probe batch
+    net = (load_torchscript(path) if fmt == "torchscript" else load_onnx(path)).eval()
+    name = path.name
+    shape = flags["input_shape"] or (list(base.input_shape) if base else None)
+    if shape is None and fmt == "onnx":
+        shape = onnx_input_shape(path)
+    if shape is None:
+        raise UserError(f"{name} is a {fmt} model without a model card; pass --input-shape C,H,W")
+    mean, std, nsrc, detail, warns = _normalisation(name, base, flags, None, None, shape[0], dataset_mean, dataset_std)
+    k = flags["num_classes"] or (base.num_classes if base else None) or _probe_classes(net, shape, name)
+    fields = {"architecture": flags["architecture"] or (base.architecture if base else None) or fmt,
+              "num_classes": k, "input_shape": shape, "mean": mean, "std": std}
+    if base is not None:
+        card = ModelCard.from_dict({**base.to_dict(), **fields}, source=f"model card of {name}")
+    else:
+        card = ModelCard.from_dict(fields, source=f"graph of {name}")
+    model = Normalized(net, card.mean, card.std).eval()
+    _check_output(model, card, path)
+    return model, card, LoadInfo(fmt, card.architecture, "graph", nsrc, list(mean), list(std), detail, warns)
+
+
+def _probe_classes(net: nn.Module, shape: Sequence[int], name: str) -> int:
     try:
-        return torch.jit.load(str(path), map_location="cpu")
+        with torch.no_grad():
+            out = net(torch.zeros(2, *shape))
     except Exception as e:
-        raise UserError(f"{path.name} is not a loadable TorchScript model: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{name} does not accept inputs of shape {(2, *shape)}: "
+                        f"{' '.join(str(e).split())[:200] or type(e).__name__}") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise UserError(f"{name} returns {getattr(out, 'shape', type(out).__name__)}, expected logits (N, K)")
+    return int(out.shape[1])
 
 
 def _check_output(model: nn.Module, card: ModelCard, path: Path) -> None:
@@ -254,32 +304,47 @@ def _check_output(model: nn.Module, card: ModelCard, path: Path) -> None:
         with torch.no_grad():
             out = model(x)
     except Exception as e:
-        raise UserError(f"{path.name} does not accept inputs of shape {tuple(x.shape)}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{path.name} does not accept inputs of shape {tuple(x.shape)}: "
+                        f"{' '.join(str(e).split())[:200] or type(e).__name__}") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != card.num_classes:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UserError(f"{path.name} returns {shape}, expected logits of shape (N, {card.num_classes})")
 
 
+def _torch_save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through an open file handle, so the archive's root folder is always ``archive``.
+
+    Given a path, torch names the zip root after the file, and writing to a random temp name (for the atomic
+    rename) made every save of the same weights differ; through a handle, identical content gives identical
+    bytes. The temp file is renamed over ``path`` only after a complete write.
+    """
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+
 def save_model(model: nn.Module, path: str | Path, card: ModelCard) -> Path:
-    """Write the raw network weights (``.pt`` state dict or ``.safetensors``) and the card, atomically."""
+    """Write the raw network weights (``.pt`` state dict or ``.safetensors``) and the card, atomically.
+
+    The weight file's bytes depend only on the weights (same weights -> same sha256).
+    """
     path = Path(path)
     net = model.net if isinstance(model, Normalized) else model
     sd = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    with atomic_path(path) as tmp:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import save_file
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import save_file
 
+        with atomic_path(path) as tmp:
             save_file(sd, str(tmp))
-        else:
-            torch.save(sd, str(tmp))
+    else:
+        _torch_save_atomic(sd, path)
     card.save(card_path_for(path))
     return path
 
 
 def save_state(obj: Dict[str, Any], path: str | Path) -> None:
     """Atomically save a training-state dict (tensors, numbers, strings, nested dicts/lists only)."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, str(tmp))
+    _torch_save_atomic(obj, path)
 
 
 def load_state(path: str | Path) -> Dict[str, Any]:
@@ -289,3 +354,7 @@ def load_state(path: str | Path) -> Dict[str, Any]:
     if not isinstance(obj, dict):
         raise UserError(f"{p.name} is not a training-state file")
     return obj
+
+
+__all__ = ["LoadInfo", "load_model", "load_model_ex", "save_model", "save_state", "load_state",
+           "extract_state_dict", "load_state_into", "resolve_card"]

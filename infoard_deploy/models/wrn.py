@@ -1,9 +1,17 @@
-"""WideResNet (Zagoruyko & Komodakis, BMVC 2016) in the TRADES layout.
+"""WideResNet (Zagoruyko & Komodakis, BMVC 2016) in the TRADES / RobustBench layout.
 
-Module names (``conv1``, ``block1.layer.0.bn1``, ``sub_block1``, ``bn1``, ``fc``) match the TRADES
-repository (yaodongyu/TRADES ``models/wideresnet.py``), so its ``model_cifar_wrn.pt`` checkpoints and
-RobustBench WRN-34-10 state dicts load as they are. ``sub_block1`` is an unused block kept only
-because those checkpoints contain it.
+Module names (``conv1``, ``block1.layer.0.bn1``, ``convShortcut``, ``sub_block1``, ``bn1``, ``fc``) match
+yaodongyu/TRADES ``models/wideresnet.py`` and RobustBench ``model_zoo/architectures/wide_resnet.py``, so
+their state dicts load as they are. Two layouts exist in the wild:
+
+* ``sub_block=True``: TRADES, ARD, RSLAD and RobustBench entries built with ``sub_block1=True``
+  (Zhang2019Theoretically, Carmon2019Unlabeled, ...). ``sub_block1`` is a block that ``forward`` never
+  uses; it exists only because those checkpoints contain it.
+* ``sub_block=False``: RobustBench's ``WideResNet`` default (Wu2020Adversarial, Sehwag2021Proxy,
+  Chen2021LTD, Addepalli2022Efficient, Standard, Jia2022LAS-AT) and AdaAD's teacher.
+
+Input (N, C, H, W), already normalised; output logits (N, K). The 32x32 CIFAR input ends at 8x8, where the
+originals' ``avg_pool2d(8)`` equals the global average pool used here (which also allows other sizes).
 """
 from __future__ import annotations
 
@@ -13,6 +21,12 @@ from torch import nn
 
 
 class WBlock(nn.Module):
+    """Pre-activation basic block (``BasicBlock`` in TRADES): BN-ReLU-conv3x3-BN-ReLU-conv3x3 + shortcut.
+
+    When the width changes, BN-ReLU is applied to the input before both branches and the shortcut is a
+    1x1 ``convShortcut``; otherwise the shortcut is the raw input.
+    """
+
     def __init__(self, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
@@ -51,6 +65,9 @@ class NetworkBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
+    """WRN-``depth``-``widen_factor``: stem conv (16 ch), three groups of (depth-4)/6 blocks with
+    16k / 32k / 64k channels (strides 1, 2, 2), BN-ReLU, global average pool, ``fc``."""
+
     def __init__(self, depth: int = 34, widen_factor: int = 10, num_classes: int = 10, in_channels: int = 3,
                  drop_rate: float = 0.0, sub_block: bool = True):
         super().__init__()
@@ -67,6 +84,8 @@ class WideResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(ch[3])
         self.relu = nn.ReLU(inplace=True)
         self.fc = nn.Linear(ch[3], num_classes)
+        if self.fc.weight.device.type == "meta":
+            return  # shape-only build (architecture inference): the custom init would only cost time
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
