@@ -206,3 +206,32 @@ def test_a_file_merely_named_like_robustbench_falls_back_to_inference(tmp_path):
     _, card, info = load_model_ex(path)
     assert card.architecture == "wrn-16-4" and info.architecture_source == "inferred"
     assert "robustbench" not in card.provenance and info.normalisation_source == "assumed"
+
+
+def test_robustbench_names_in_the_commands(tmp_path, cli):
+    """`evaluate --model robustbench:NAME --model-dir DIR` (data from the table, normalisation from the table) and
+    `distill --teacher robustbench:NAME` with no file: one line saying where to put it."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from datafiles import write_cifar
+
+    net = _net("preact-resnet18-nobn")
+    path = tmp_path / "models" / "cifar10" / "Linf" / "Wong2020Fast.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, path)
+    data, _ = write_cifar(tmp_path / "data", "cifar10", per_batch=2, n_test=6)
+    code, out, err = cli("--device", "cpu", "evaluate", "--model", "robustbench:Wong2020Fast", "--model-dir",
+                         tmp_path / "models", "--data-dir", data, "--attacks", "clean", "--json", "--no-progress")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["dataset"] == "cifar10" and rep["n_examples"] == 6
+    assert rep["provenance"]["normalisation"]["source"] == "architecture"
+    assert rep["model_loading"]["architecture_source"] == "robustbench" and rep["model"] == str(path)
+    code, _, err = cli("--device", "cpu", "distill", "--teacher", "robustbench:Carmon2019Unlabeled", "--model-dir",
+                       tmp_path / "models", "--student", "resnet18", "--data", "cifar10", "--data-dir", data,
+                       "--out", tmp_path / "o")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert str(tmp_path / "models" / "cifar10" / "Linf" / "Carmon2019Unlabeled.pt") in err

@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 from ..errors import UserError
 from ..utils import parse_eps, parse_fraction
 from .common import Result, set_threads
-from .models import ModelSpec, check_fits, load_model
+from .models import ModelSpec, check_fits, is_robustbench, load_model
 
 DEFAULT_ATTACKS = ("clean", "fgsm", "pgd20", "cw", "aa")
 # Settings that count something (steps, queries, restarts): zero or negative would silently skip the attack.
@@ -80,6 +80,7 @@ class EvaluateConfig:
     square_queries: Optional[int] = None
     attack_opts: Sequence[str] = ()
     spec: ModelSpec = field(default_factory=ModelSpec)
+    model_dir: Optional[str] = None  # RobustBench's layout, for robustbench:NAME models
     device: str = "auto"
     threads: int = 0
 
@@ -137,13 +138,21 @@ def evaluate(model: Union[str, Path], config: Optional[EvaluateConfig] = None, *
     names = resolve_attacks(list(cfg.attacks) if not isinstance(cfg.attacks, str) else cfg.attacks)
     overrides = parse_attack_opts(cfg.attack_opts, cfg.square_queries)
     eps_val = parse_eps(cfg.eps) if cfg.eps is not None else None
-    path = require_file(model, "model file")
-    card0 = load_card(path, required=False)
-    data_name = cfg.data or cfg.spec.dataset or (card0.dataset if card0 else None)
+    if is_robustbench(model):
+        from ..models.robustbench import lookup
+
+        path, default_data = model, lookup(str(model).split(":", 1)[1]).dataset
+    else:
+        path = require_file(model, "model file")
+        card0 = load_card(path, required=False)
+        default_data = card0.dataset if card0 else None
+    data_name = cfg.data or cfg.spec.dataset or default_data
     if not data_name:
-        raise UserError(f"give --data (the model card of {path.name} names no dataset)")
+        raise UserError(f"give --data (the model card of {Path(path).name} names no dataset)")
     bundle = load_data(data_name, root=cfg.data_dir, download=cfg.download)
-    loaded = load_model(path, cfg.spec, data=bundle)  # a foreign file: the data tells classes and input shape
+    # a foreign file: the data tells classes and input shape
+    loaded = load_model(path, cfg.spec, data=bundle, model_dir=cfg.model_dir, download=cfg.download)
+    path = loaded.path
     for w in loaded.warnings:
         if log:
             log("warning: " + w)

@@ -68,7 +68,7 @@ class LoadedModel:
 
 
 def load_model(path: str | Path, spec: Optional[ModelSpec] = None, *, data: Any = None,
-               **spec_fields: Any) -> LoadedModel:
+               model_dir: Optional[str | Path] = None, download: bool = False, **spec_fields: Any) -> LoadedModel:
     """Load a checkpoint (state dict / ``.safetensors`` / TorchScript / ONNX) with its card or ``spec``.
 
     ``spec`` (or its fields as keywords: ``arch``, ``num_classes``, ``input_shape``, ``mean``, ``std``,
@@ -76,12 +76,21 @@ def load_model(path: str | Path, spec: Optional[ModelSpec] = None, *, data: Any 
     architecture is inferred from parameter names and shapes. Raises :class:`UserError` for a file that is
     missing, unsafe, corrupt, or matches no registered architecture. ``data`` (a loaded dataset bundle) fills
     in the class count and input shape of a file that has no card and no stated values.
+
+    ``path`` may also be ``robustbench:NAME`` (e.g. ``robustbench:Carmon2019Unlabeled``): architecture, layout and
+    normalisation come from RobustBench's model table and the file from ``model_dir`` in RobustBench's layout
+    (``DIR/cifar10/Linf/NAME.pt``; default ``$INFOARD_ROBUSTBENCH_DIR`` or ``./models``); ``download`` fetches a
+    missing file.
     """
     from .. import checkpoint
     from ..card import load_card
 
     spec = spec or ModelSpec(**spec_fields)
-    if data is not None and load_card(path, required=False) is None:
+    if is_robustbench(path) and download:
+        from ..models.robustbench import resolve_robustbench
+
+        resolve_robustbench(str(path).split(":", 1)[1], model_dir or "models", download=True)
+    if data is not None and not is_robustbench(path) and load_card(path, required=False) is None:
         spec = ModelSpec(**{**spec.__dict__, "num_classes": spec.num_classes or data.num_classes,
                             "input_shape": spec.input_shape or list(data.input_shape)})
     kw = dict(arch=spec.arch, num_classes=spec.num_classes,
@@ -90,8 +99,8 @@ def load_model(path: str | Path, spec: Optional[ModelSpec] = None, *, data: Any 
               std=list(spec.std) if spec.std is not None else None)
     loader = getattr(checkpoint, "load_model_ex", None)
     if loader is not None:
-        model, card, info = loader(path, **kw)
-        loaded = LoadedModel(model, card, Path(path), format=info.format,
+        model, card, info = loader(path, **kw, robustbench_dir=model_dir)
+        loaded = LoadedModel(model, card, Path(info.path or path), format=info.format,
                              architecture_source=info.architecture_source,
                              normalisation_source=info.normalisation_source, warnings=list(info.warnings))
     else:  # pragma: no cover - older checkpoint module
@@ -103,6 +112,11 @@ def load_model(path: str | Path, spec: Optional[ModelSpec] = None, *, data: Any 
     if spec.dataset is not None:
         loaded.card.dataset = spec.dataset
     return loaded
+
+
+def is_robustbench(path: Any) -> bool:
+    """``robustbench:NAME`` names a RobustBench model instead of a file."""
+    return isinstance(path, str) and path.lower().startswith("robustbench:")
 
 
 def check_fits(loaded: LoadedModel, bundle, role: str = "model") -> None:
@@ -172,4 +186,4 @@ def inspect_model(path: str | Path, spec: Optional[ModelSpec] = None, device: st
     }
 
 
-__all__ = ["ModelSpec", "LoadedModel", "load_model", "check_fits", "write_card", "inspect_model"]
+__all__ = ["ModelSpec", "LoadedModel", "is_robustbench", "load_model", "check_fits", "write_card", "inspect_model"]

@@ -73,6 +73,7 @@ class DistillConfig(_TrainingOptions):
     opts: Dict[str, Any] = field(default_factory=dict)
     protocol: str = "official"  # official: the method's published settings | matched: shared KL/schedule/attack
     teacher_arch: Optional[str] = None
+    model_dir: Optional[str] = None  # RobustBench's layout, for --teacher robustbench:NAME
     teacher_mean: Optional[List[float]] = None
     teacher_std: Optional[List[float]] = None
 
@@ -211,7 +212,8 @@ def train_teacher(config: Optional[TeacherConfig] = None, *, log: Optional[Calla
 
 
 def load_teacher(path: str | Path, bundle, arch: Optional[str] = None, mean: Optional[Sequence[float]] = None,
-                 std: Optional[Sequence[float]] = None) -> LoadedModel:
+                 std: Optional[Sequence[float]] = None, model_dir: Optional[str] = None,
+                 download: bool = False) -> LoadedModel:
     """Load a teacher and check it fits ``bundle``: class count, input shape, and one forward pass."""
     import torch
 
@@ -221,7 +223,8 @@ def load_teacher(path: str | Path, bundle, arch: Optional[str] = None, mean: Opt
     if mean is not None and len(mean) != c:
         raise UserError(f"--teacher-mean has {len(mean)} values but {bundle.name} images have {c} channels")
     try:
-        t = load_model(path, ModelSpec(arch=arch, mean=mean, std=std), data=bundle)
+        t = load_model(path, ModelSpec(arch=arch, mean=mean, std=std), data=bundle, model_dir=model_dir,
+                       download=download)
     except UserError as e:  # the loader names the generic flags; distill's are --teacher-*
         msg = str(e)
         for flag in ("--arch", "--mean", "--std"):
@@ -316,7 +319,8 @@ def distill(config: Optional[DistillConfig] = None, *, log: Optional[Callable[[s
     MODELS.get(cfg.student)  # unknown names fail before any loading
     m = build_distill_method(cfg.method, cfg.asa, cfg.mim, dict(cfg.opts), cfg.protocol)
     bundle = load_data(cfg.data, root=cfg.data_dir, download=cfg.download)
-    teacher = load_teacher(cfg.teacher, bundle, cfg.teacher_arch, cfg.teacher_mean, cfg.teacher_std)
+    teacher = load_teacher(cfg.teacher, bundle, cfg.teacher_arch, cfg.teacher_mean, cfg.teacher_std,
+                           model_dir=cfg.model_dir, download=cfg.download)
     name = getattr(m, "name", cfg.method)
     out_dir = cfg.out or f"runs/distill-{bundle.name}-{cfg.student}-{name}"
     cmd = command_line("distill", {**config_values(cfg), "out": out_dir}, defaults=config_defaults(DistillConfig))
@@ -338,7 +342,7 @@ def distill(config: Optional[DistillConfig] = None, *, log: Optional[Callable[[s
             log(f"teacher clean accuracy on {min(500, len(bundle.train))} validation images: {100 * t_acc:.1f}%")
         for w in warnings:
             log("warning: " + w)
-    prov = {**teacher_provenance(Path(cfg.teacher), teacher.card.architecture), "teacher_val_clean": t_acc,
+    prov = {**teacher_provenance(teacher.path, teacher.card.architecture), "teacher_val_clean": t_acc,
             "teacher_normalisation": teacher.normalisation()}
     seed_everything(cfg.seed)
     c, h, _ = bundle.input_shape

@@ -13,14 +13,15 @@ from typing import List, Optional
 import typer
 
 from ._common import STATE, floats
-from ._training import (AMP, CHANNELS_LAST, DATA_DIR, DOWNLOAD, FORCE, JSON_OUT, RESUME, SAVE_EVERY, SEED, THREADS,
+from ._training import (AMP, CHANNELS_LAST, DATA_DIR, FORCE, JSON_OUT, RESUME, SAVE_EVERY, SEED, THREADS,
                         TRAIN_LIMIT, VAL_FRACTION, VAL_N, log_line, parse_opts, render)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("distill")
     def distill(
-        teacher: str = typer.Option(..., "--teacher", help="robust teacher: .pt/.pth/.safetensors/TorchScript/.onnx"),
+        teacher: str = typer.Option(..., "--teacher", help="robust teacher: .pt/.pth/.safetensors/TorchScript/.onnx "
+                                    "file, or robustbench:NAME (e.g. robustbench:Carmon2019Unlabeled)"),
         student: str = typer.Option("mobilenetv2", "--student", help="student architecture (see `list architectures`)"),
         method: str = typer.Option("infoard", "--method", help="ard | rslad | iad | adaad | infoard"),
         asa: Optional[bool] = typer.Option(None, "--asa/--no-asa",
@@ -33,12 +34,15 @@ def register(app: typer.Typer) -> None:
                                           "the same KL reduction, schedule and attack budget"),
         teacher_arch: Optional[str] = typer.Option(None, "--teacher-arch",
                                                    help="teacher architecture if it has no card (else inferred)"),
+        model_dir: Optional[str] = typer.Option(None, "--model-dir", help="RobustBench model folder "
+                                                "(DIR/cifar10/Linf/NAME.pt; default $INFOARD_ROBUSTBENCH_DIR or ./models)"),
         teacher_mean: Optional[str] = typer.Option(None, "--teacher-mean",
                                                    help="teacher input mean, e.g. 0.49,0.48,0.45"),
         teacher_std: Optional[str] = typer.Option(None, "--teacher-std", help="teacher input std"),
         data: str = typer.Option("cifar10", "--data", help="dataset (see `infoard-deploy list datasets`)"),
         data_dir: Optional[str] = DATA_DIR,
-        download: bool = DOWNLOAD,
+        download: bool = typer.Option(False, "--download", help="download the dataset (and a robustbench: teacher) "
+                                      "if missing"),
         eps: Optional[str] = typer.Option(None, "--eps", help="L-inf radius, e.g. 8/255 (default: the dataset's)"),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="default: the method's schedule"),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="global batch (default: method's, 128)"),
@@ -62,7 +66,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = DistillConfig(teacher=teacher, student=student, method=method, asa=asa, mim=mim, opts=parse_opts(opt),
                             protocol=protocol,
-                            teacher_arch=teacher_arch, teacher_mean=floats(teacher_mean, "--teacher-mean"),
+                            teacher_arch=teacher_arch, model_dir=model_dir, teacher_mean=floats(teacher_mean, "--teacher-mean"),
                             teacher_std=floats(teacher_std, "--teacher-std"), data=data, data_dir=data_dir,
                             download=download, eps=eps, epochs=epochs, batch_size=batch_size, lr=lr,
                             weight_decay=weight_decay, seed=seed, out=out, resume=resume, force=force,

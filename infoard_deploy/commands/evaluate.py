@@ -43,7 +43,9 @@ def render(res, title: str) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate_cmd(
-        model: Path = typer.Option(..., "--model", help="checkpoint (.pt/.safetensors/TorchScript/.onnx) with its card"),
+        model: str = typer.Option(..., "--model", help="checkpoint (.pt/.safetensors/TorchScript/.onnx; card beside it "
+                                  "or flags) or robustbench:NAME"),
+        model_dir: Optional[str] = typer.Option(None, "--model-dir", help="RobustBench model folder for robustbench:NAME"),
         data: Optional[str] = typer.Option(None, "--data", help="dataset name (default: the model card's)"),
         data_dir: Optional[str] = typer.Option(None, "--data-dir", help="dataset folder"),
         download: bool = typer.Option(False, "--download", help="download the dataset if missing"),
@@ -79,6 +81,7 @@ def register(app: typer.Typer) -> None:
                              attacks=[a for a in attacks.split(",") if a.strip()], n=n, split=split,
                              val_fraction=val_fraction, batch_size=batch_size, seed=seed,
                              square_queries=square_queries, attack_opts=list(attack_opt or []), spec=spec,
+                             model_dir=model_dir,
                              device=STATE.device_spec, threads=threads)
         result = evaluate(model, cfg, progress=False if no_progress else err_console,
                           log=log_line(json_out))
@@ -89,7 +92,7 @@ def register(app: typer.Typer) -> None:
         if json_out:
             emit_json(report)
         else:
-            render(res, f"{model.name} on {res.dataset}/{split}: n={res.n_examples}, eps={eps_val:.4g} "
+            render(res, f"{Path(result['model']).name} on {res.dataset}/{split}: n={res.n_examples}, eps={eps_val:.4g} "
                         f"({eps_val * 255:.3g}/255)")
             if out is not None:
                 console.print(f"report written to {escape(str(out))}")

@@ -240,7 +240,7 @@ def resolve_robustbench(name: str, model_dir: str | os.PathLike = "models", down
     if not path.is_file():
         if not download:
             raise UserError(f"RobustBench model {e.name} is not downloaded: put its checkpoint at {path} "
-                            f"(Google Drive file {e.gdrive_id}, {e.url}) or resolve it with download=True")
+                            f"(Google Drive file {e.gdrive_id}, {e.url}), or pass --download (download=True) to fetch it")
         download_gdrive(e.gdrive_id, path)
     return path, e.arch, e.mean, e.std, e.dataset
 
