@@ -86,3 +86,25 @@ def test_bad_input_raises_user_error(chain, tmp_path):
         ia.bench([], s.model_path, iters=0)
     with pytest.raises(UserError, match="unknown option"):
         ia.distill(teacher=str(t.model_path), epochz=3)
+
+
+def test_card_command_for_a_foreign_file(chain, tmp_path, cli):
+    """A bare state dict gets a card once; then every command reads it as stated, without flags."""
+    import torch
+
+    out, t, s = chain
+    sd = torch.load(s.model_path, weights_only=True)
+    bare = tmp_path / "foreign.pt"
+    torch.save({"net": sd}, bare)  # as ARD / RSLAD save: no card, no normalisation inside
+    code, _, err = cli("card", bare, "--input-shape", "1,8,8", "--mean", "0.3", "--std", "0.4", "--dataset", "digits",
+                       "--eps", "0.1")
+    assert code == 0, err
+    card = json.loads((tmp_path / "foreign.card.json").read_text())
+    assert card["architecture"] == "cnn-small" and card["mean"] == [0.3] and card["eps"] == 0.1
+    loaded = ia.load_model(bare)
+    assert loaded.normalisation_source == "card" and not loaded.warnings
+    code, _, err = cli("card", bare, "--input-shape", "1,8,8")
+    assert code == 2 and "exists" in err  # never replaced without --force
+    code, o, err = cli("--device", "cpu", "export", "--model", bare, "--fp32", "--out", tmp_path / "x", "--json",
+                       "--check-n", "32")
+    assert code == 0, err
