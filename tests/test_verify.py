@@ -45,16 +45,24 @@ def deployed(tmp_path_factory, _one_thread):
     card = ModelCard("cnn-small", 10, [1, 8, 8], list(bundle.mean), list(bundle.std), eps=EPS, dataset="digits")
     save_model(student, d / "student.pt", card)
     export_onnx(student, d / "student.onnx", (1, 8, 8))
-    write_card(d / "student.onnx", architecture="cnn-small", mean=bundle.mean, std=bundle.std, kind="onnx")
+    write_card(d / "student.onnx", architecture="cnn-small", mean=bundle.mean, std=bundle.std, kind="onnx",
+               source=d / "student.pt")
     calib = to_tensor(bundle.train.get(np.arange(256))[0]).numpy()  # calibration from TRAIN data
     quantize_int8(d / "student.onnx", d / "student.int8.onnx", calib)
+    write_card(d / "student.int8.onnx", architecture="cnn-small", mean=bundle.mean, std=bundle.std, kind="onnx",
+               precision="int8", source=d / "student.pt")
     corrupted = corrupt_qdq_scale(d / "student.int8.onnx", d / "student.bad.int8.onnx", layer=1, factor=8.0)
+    # the broken file ships with a card claiming the reference (what a buggy quantiser inside the export writes)
+    write_card(d / "student.bad.int8.onnx", architecture="cnn-small", mean=bundle.mean, std=bundle.std, kind="onnx",
+               precision="int8", source=d / "student.pt")
 
     plain = train_student(bundle, epochs=4, adversarial=False)
     masked = InputQuantizer(plain, levels=8).eval()
     torch.jit.trace(masked, torch.rand(2, 1, 8, 8)).save(str(d / "masked.pt"))
     write_card(d / "masked.pt", architecture="torchscript", mean=[0.0], std=[1.0])
     export_onnx(masked, d / "masked.onnx", (1, 8, 8))
+    write_card(d / "masked.onnx", architecture="torchscript", mean=[0.0], std=[1.0], kind="onnx",
+               source=d / "masked.pt")
     assert "stage1" in corrupted  # the second conv layer of the first stage
     return {"dir": d, "corrupted": corrupted, "bundle": bundle, "student": student}
 
@@ -76,7 +84,8 @@ def test_faithful_fp32_export_passes_with_identical_flags(cli, deployed, tmp_pat
     assert 50.0 < ref["robust_acc"] < ref["clean_acc"]  # PGD-AT: robust, but attacks do break some samples
     assert art["robust_acc"] == ref["robust_acc"] and art["clean_acc"] == ref["clean_acc"]
     assert art["flips"]["robust_to_broken"]["count"] == 0 and art["flips"]["broken_to_robust"]["count"] == 0
-    assert set(art["parity"]) == {"clean", "pgd20", "apgd-ce"}
+    assert set(art["parity"]) == {"clean", "pgd20", "apgd-ce", "own-graph"}  # own-graph: the ONNX graph attacked
+    assert art["arithmetic"] == "fp32 (ORT CPU)" and "onnx2torch graph" in art["own_graph"]
     assert all(s["top1_agreement"] == 100.0 and s["max_abs_delta"] < 1e-3 for s in art["parity"].values())
     assert art["square_queries_used"] > 0  # Square really queried the ONNX session
     full = _report(out)
@@ -84,6 +93,8 @@ def test_faithful_fp32_export_passes_with_identical_flags(cli, deployed, tmp_pat
     assert flags["torch"] == flags["student.onnx"]  # the same per-sample cascade outcome, sample by sample
     assert len(flags["torch"]) == 64 and full["samples"]["index"] == list(range(64))
     checks = {(c["name"], c["target"]): c["status"] for c in full["checks"]}
+    gates = {g["gate"]: g["status"] for g in full["gates"]}
+    assert gates["provenance"] == "pass" and set(gates.values()) == {"pass"} and len(gates) == 12
     assert checks[("gradient_masking_suspected", "torch")] == "ok"
     assert checks[("query_beats_transfer", "student.onnx")] == "ok"
     for f in ("report.md", "report.html", "robust_vs_eps.png", "accuracy_bars.png", "flips.png"):
@@ -98,10 +109,11 @@ def test_faithful_fp32_export_passes_with_identical_flags(cli, deployed, tmp_pat
 
 def test_corrupted_int8_scale_is_caught(cli, deployed, tmp_path):
     d, out = deployed["dir"], tmp_path / "rep"
-    # The CI setting: default robust-drop gate (2 points) plus a flip-rate gate (2% of n).
+    # The default gates (per precision: INT8 robust change 3 points, flips 5% each way, statistical rule);
+    # the corrupted file's card claims the reference and its own sha, so provenance cannot give it away.
     code, _, err = cli("--device", "cpu", "verify", "--reference", d / "student.pt",
                        "--artifact", d / "student.int8.onnx", "--artifact", d / "student.bad.int8.onnx",
-                       *FAST, "--max-flip-rate", "2", "--out", out)
+                       *FAST, "--out", out)
     assert code == 1, err
     last = err.strip().splitlines()[-1]  # progress lines come first on stderr
     assert last.startswith("gate failed:") and "student.bad.int8.onnx" in last
@@ -109,14 +121,17 @@ def test_corrupted_int8_scale_is_caught(cli, deployed, tmp_path):
     assert not rep["passed"]
     failed = {(g["artifact"], g["gate"]) for g in rep["failed_gates"]}
     assert failed & {("student.bad.int8.onnx", "robust_drop"), ("student.bad.int8.onnx", "flip_rate")}
+    assert ("student.bad.int8.onnx", "provenance") not in failed
     assert not any(a == "student.int8.onnx" for a, _ in failed)  # the honest INT8 export passes
     good, bad = rep["artifacts"]
     assert good["precision"] == bad["precision"] == "int8"
     assert good["runtime"] == "onnxruntime[cpu]:int8 (exact uint8 rewrite)"  # the report says how it ran
-    # Across training seeds and thread counts the x8 scale cost 3-27 points and 5-19 flips at n=64;
-    # the honest export lost nothing. Clean accuracy barely moves: only the robustness check sees it.
+    assert "exact uint8 rewrite" in good["arithmetic"] and "fake-quant" in good["own_graph"]
+    assert "precision loss" in rep["causes"]["student.bad.int8.onnx"]
+    # Across training seeds and thread counts the x8 scale cost 3-27 points and 5-19 flips at n=64; the
+    # honest export loses a sample or two to the white-box attack on its own (fake-quant) graph, within bounds.
     assert bad["flips"]["robust_to_broken"]["count"] >= 2 and bad["robust_drop"] > 0
-    assert good["flips"]["robust_to_broken"]["count"] <= 1 and good["robust_drop"] <= 2.0
+    assert good["flips"]["robust_to_broken"]["count"] <= 3 and good["robust_drop"] <= 3.2
     assert min(s["top1_agreement"] for s in bad["parity"].values()) < 100.0
     md = (out / "report.md").read_text()
     assert "FAILED" in md and "**FAIL**" in md
@@ -128,7 +143,8 @@ def test_gradient_masking_is_exposed_by_the_query_attack(cli, deployed, tmp_path
     d, out = deployed["dir"], tmp_path / "rep"
     code, stdout, err = cli("--device", "cpu", "verify", "--reference", d / "masked.pt",
                             "--artifact", d / "masked.onnx", *FAST, "--square-queries", "300", "--out", out, "--json")
-    assert code == 0, err  # masking is a check, not a gate: torch and ONNX agree with each other
+    # masking of the *reference* is a check, not a gate: torch and its faithful ONNX export agree with each other
+    assert code == 0, err
     rep = json.loads(stdout)
     ref = rep["reference"]
     white_box = ref["cascade_acc"]["apgd-ce"]  # after every white-box attack
@@ -152,6 +168,10 @@ def test_gradient_masking_is_exposed_by_the_query_attack(cli, deployed, tmp_path
     (["--eps-sweep", "0.5,20"], "--eps-sweep"),
     (["--min-top1-agreement", "101"], "--min-top1-agreement"),
     (["--n", "0"], "--n"),
+    (["--skip-gate", "robust_dorp"], "unknown gate"),
+    (["--fp16-cpu", "gpu"], "--fp16-cpu"),
+    (["--confidence", "1.5"], "--confidence"),
+    (["--own-graph-steps", "-1"], "--own-graph-steps"),
 ])
 def test_bad_usage_is_one_line_exit_2(cli, deployed, tmp_path, args, needle):
     d = deployed["dir"]
@@ -195,5 +215,6 @@ def test_wrong_shape_artifact_is_rejected(cli, deployed, tmp_path):
     export_onnx(other, tmp_path / "wide.onnx", (1, 12, 12), dynamic_batch=True)
     d = deployed["dir"]
     code, _, err = cli("--device", "cpu", "verify", "--reference", d / "student.pt", "--artifact",
-                       tmp_path / "wide.onnx", *FAST, "--out", tmp_path / "r")
+                       tmp_path / "wide.onnx", *FAST, "--allow-cardless", "--out", tmp_path / "r")
     assert code == 2 and "wide.onnx" in err and len(err.strip().splitlines()) == 1
+    assert "does not accept inputs" in err

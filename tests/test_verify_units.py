@@ -172,7 +172,7 @@ def test_cascade_flip_bookkeeping_is_exact(plain, digits):
 def _fake_result(sweep_ref, square_broken=0, n=100):
     cfg = VerifyConfig(eps=0.1, attacks=("pgd20",), square_queries=10, eps_sweep=(0.5, 1.0, 1.5))
     broken = np.full(n, ROBUST, np.int16)
-    broken[:square_broken] = 2  # stage index of 'square'
+    broken[:square_broken] = cfg.stages.index("square")
     ref = ModelResult("torch", "reference", "torch", "fp32", None, broken,
                       sweep_correct=dict(zip((0.5, 1.0, 1.5), sweep_ref)))
     return VerifyResult(cfg, np.arange(n), np.zeros(n, np.int64), ref, [], {})
@@ -193,3 +193,97 @@ def test_checks_fire_on_masking_signs():
 def test_gate_config_rejects_bad_bounds(kw):
     with pytest.raises(UserError):
         GateConfig(**kw)
+
+
+# -- statistics, bounds, provenance --------------------------------------------------------------------
+def test_wilson_and_newcombe_bounds():
+    from infoard_deploy.verify.stats import newcombe_paired, wilson, z_one_sided
+
+    z = z_one_sided(0.95)
+    assert z == pytest.approx(1.6449, abs=1e-4)
+    lo, hi = wilson(0, 300, z)
+    assert lo == 0.0 and 0.008 < hi < 0.01  # zero events still leave an upper bound
+    lo, hi = wilson(30, 100, 1.959964)  # Wilson (1927) 95% two-sided for 30/100: 0.2189 .. 0.3958
+    assert lo == pytest.approx(0.2189, abs=1e-3) and hi == pytest.approx(0.3958, abs=1e-3)
+    d, lo, hi = newcombe_paired(120, 2, 0, 28, z)
+    assert d == pytest.approx(2 / 150) and lo < 0 < d < hi < 0.04
+    d2, lo2, hi2 = newcombe_paired(120, 0, 2, 28, z)  # mirror image
+    assert d2 == pytest.approx(-d) and lo2 == pytest.approx(-hi) and hi2 == pytest.approx(-lo)
+    # more samples, same effect: a tighter interval
+    assert newcombe_paired(1200, 20, 0, 280, z)[2] < hi
+
+
+def test_decision_rule():
+    from infoard_deploy.verify.stats import decide, paired_decision, rate_decision, z_one_sided
+
+    z = z_one_sided(0.95)
+    assert not decide(1.0, 0.0, 4.0, 3.0, 2.0).failed       # under the minimum effect: never fails
+    assert decide(2.5, 0.5, 4.0, 3.0, 2.0).failed           # above it, and n too small to certify <= 3
+    assert not decide(2.5, 2.1, 2.9, 3.0, 2.0).failed       # above it, but certified within the bound
+    assert decide(3.5, 3.1, 3.9, 3.0, 2.0).failed           # beyond the bound: always
+    assert rate_decision(1, 300, 0.0, 0.0, z).failed        # an explicit bound of 0: any event fails
+    assert not rate_decision(0, 300, 0.0, 0.0, z).failed
+    # faithful-INT8-like drift (2 net samples of 150) passes an int8 bound of 3 points; 6 of 150 fail
+    assert not paired_decision(120, 2, 0, 28, 3.0, 2.0, z).failed
+    assert paired_decision(116, 6, 0, 28, 3.0, 2.0, z).failed
+
+
+def test_bounds_come_from_card_then_precision_then_flags():
+    from infoard_deploy.verify.bounds import resolve_bounds
+
+    b = resolve_bounds("int8", None, GateConfig())
+    assert (b.min_clean_agreement, b.max_robust_drop, b.max_flip_rate, b.max_logit_rel) == (97.0, 3.0, 5.0, 0.5)
+    assert b.max_robust_gain == 6.0
+    assert b.sources["max_robust_drop"] == "default:int8"
+    card = {"ort-cpu-int8": {"min_top1": 0.97, "max_robust_drop": 0.05},
+            "trt-int8": {"min_top1": 0.98, "max_robust_drop": 0.04}}
+    b = resolve_bounds("int8", card, GateConfig(), profile_name="card:x")
+    assert b.min_clean_agreement == pytest.approx(98.0) and b.max_robust_drop == pytest.approx(4.0)  # strictest
+    assert b.sources["max_robust_drop"] == "card:x"
+    b = resolve_bounds("int8", card, GateConfig(max_robust_drop=1.0, max_logit_delta=2.0))
+    assert b.max_robust_drop == 1.0 and b.max_robust_gain == 6.0  # the gain keeps its own bound
+    assert b.max_logit_abs == 2.0 and b.max_logit_rel is None
+    f32 = resolve_bounds("fp32", None, GateConfig())
+    f16 = resolve_bounds("fp16", None, GateConfig())
+    assert f32.max_logit_rel < f16.max_logit_rel and f32.max_robust_drop <= f16.max_robust_drop
+
+
+def test_provenance_statuses(tmp_path):
+    import json
+
+    from infoard_deploy.card import card_path_for
+    from infoard_deploy.utils import sha256_file
+    from infoard_deploy.verify.provenance import artifact_provenance
+    from verify_helpers import write_card
+
+    ref = tmp_path / "ref.pt"
+    ref.write_bytes(b"reference")
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"other")
+    art = tmp_path / "a.onnx"
+    art.write_bytes(b"artifact")
+    sha = sha256_file(ref)
+    with pytest.raises(UserError, match="no model card"):
+        artifact_provenance(art, sha, allow_cardless=False)
+    assert artifact_provenance(art, sha, allow_cardless=True)["status"] == "cardless"
+    write_card(art, architecture="cnn-small", mean=[0.5], std=[0.5], kind="onnx")
+    assert artifact_provenance(art, sha, False)["status"] == "unrecorded"
+    write_card(art, architecture="cnn-small", mean=[0.5], std=[0.5], kind="onnx", source=ref)
+    assert artifact_provenance(art, sha, False)["status"] == "match"
+    write_card(art, architecture="cnn-small", mean=[0.5], std=[0.5], kind="onnx", source=other)
+    assert artifact_provenance(art, sha, False)["status"] == "mismatch"
+    write_card(art, architecture="cnn-small", mean=[0.5], std=[0.5], kind="onnx", source=ref)
+    art.write_bytes(b"artifact, edited after export")
+    info = artifact_provenance(art, sha, False)
+    assert info["status"] == "modified" and info["recorded_artifact_sha256"] != info["artifact_sha256"]
+    card = json.loads(card_path_for(art).read_text())
+    assert card["provenance"]["source_sha256"] == sha
+
+
+def test_gate_config_rejects_unknown_skip_and_bad_confidence():
+    with pytest.raises(UserError, match="unknown gate"):
+        GateConfig(skip=("robust_dorp",))
+    with pytest.raises(UserError, match="--confidence"):
+        GateConfig(confidence=1.0)
+    with pytest.raises(UserError, match="--min-effect-ratio"):
+        GateConfig(min_effect_ratio=1.5)

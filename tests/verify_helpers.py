@@ -6,6 +6,8 @@
 * :class:`InputQuantizer` -- ``round(x * levels) / levels`` in front of a network: its gradient is zero
   almost everywhere, the textbook gradient-masking defence (Athalye et al. 2018) that looks robust to
   white-box attacks and is not.
+* the fault catalogue itself lives in :mod:`infoard_deploy.verify.faults` (shared with
+  ``benchmarks/verify_faults.py``); :func:`verify_many` runs one verification over many artifacts.
 """
 from __future__ import annotations
 
@@ -40,11 +42,15 @@ def train_student(bundle, epochs: int, adversarial: bool, seed: int = 0) -> nn.M
     return m.eval()
 
 
-def write_card(path: Path, *, architecture: str, mean, std, precision: str = "fp32", kind: str = "checkpoint") -> None:
+def write_card(path: Path, *, architecture: str, mean, std, precision: str = "fp32", kind: str = "checkpoint",
+               source: Path = None) -> None:
+    """A card beside ``path``; with ``source`` its provenance names that checkpoint (as the export writes it)."""
     from infoard_deploy.card import ModelCard, card_path_for
+    from infoard_deploy.utils import sha256_file
 
+    prov = {"source_sha256": sha256_file(source), "artifact_sha256": sha256_file(path)} if source else {}
     ModelCard(architecture, 10, [1, 8, 8], list(mean), list(std), classes=[str(i) for i in range(10)], eps=EPS,
-              dataset="digits", kind=kind, precision=precision).save(card_path_for(path))
+              dataset="digits", kind=kind, precision=precision, provenance=prov).save(card_path_for(path))
 
 
 def weight_scale_names(path: Path):
@@ -83,3 +89,22 @@ class InputQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(torch.round(x * self.levels) / self.levels)
+
+
+def verify_many(reference: Path, artifacts, out: Path, *, n: int = 100, seed: int = 0, **kw) -> dict:
+    """One ``run_verification`` at test budgets (pgd20 + apgd-ce transfer, own-graph, Square 100); the report."""
+    from infoard_deploy.verify import run_verification
+
+    args = dict(n=n, attacks=("pgd20", "apgd-ce"), square_queries=100, eps=EPS, eps_sweep=(), seed=seed,
+                out=out, force=True, raise_on_gate=False, threads=1, batch_size=128)
+    args.update(kw)
+    return run_verification(reference, [str(a) for a in artifacts], "digits", **args)
+
+
+def by_name(rep: dict) -> dict:
+    """``{artifact name: (passed, failed gate names, cause)}`` of a report."""
+    out = {}
+    for a in rep["artifacts"]:
+        failed = [g["gate"] for g in rep["gates"] if g["artifact"] == a["name"] and not g["passed"]]
+        out[a["name"]] = (a["passed"], failed, a.get("cause", ""))
+    return out

@@ -10,6 +10,11 @@
   so that everything else works without TensorRT
 * ``.pt`` / ``.pth`` / ``.safetensors`` / TorchScript -> :func:`checkpoint.load_model` + :class:`TorchRuntime`
 
+``fp16_cpu="torch"`` runs an fp16 ONNX graph that would land on ONNX Runtime's CPU provider (which has
+no x86 fp16 Conv/Gemm kernels and silently computes them in fp32) op by op in torch with fp16 arithmetic
+instead (:class:`~.onnx_torch.GraphRuntime`: every op's output rounded to float16, as fp16 kernels do), so
+an fp16 overflow shows; ``"ort"`` (the default) keeps ONNX Runtime. The ``verify`` command uses ``"torch"``.
+
 The runtime is returned *unopened*; use it as a context manager. ``precision`` defaults to the model
 card's (``x.card.json`` beside the file) or, for ONNX, is read off the graph (:func:`onnx_precision`).
 """
@@ -59,6 +64,19 @@ def _card_precision(path: Path) -> Optional[str]:
     return card.precision if card is not None and card.kind != "checkpoint" else None
 
 
+def _ort_cuda(dev: torch.device, providers: Optional[List[str]]) -> bool:
+    """Would ONNX Runtime run this on its CUDA provider (real fp16 kernels)?"""
+    if providers is not None:
+        return "CUDAExecutionProvider" in providers
+    if dev.type != "cuda":
+        return False
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
 def runtime_kind(path: Union[str, Path]) -> str:
     """``onnxruntime`` | ``tensorrt`` | ``torch`` from a file suffix; unknown suffixes are a UserError."""
     suffix = Path(path).suffix.lower()
@@ -74,7 +92,7 @@ def runtime_kind(path: Union[str, Path]) -> str:
 
 def open_runtime(path_or_model: Union[str, Path, nn.Module], device: Union[str, torch.device] = "cpu", *,
                  precision: Optional[str] = None, max_batch: int = 256,
-                 providers: Optional[List[str]] = None, threads: int = 0) -> Runtime:
+                 providers: Optional[List[str]] = None, threads: int = 0, fp16_cpu: str = "ort") -> Runtime:
     """Build (not open) the runtime for ``path_or_model``; see the module docstring for the dispatch."""
     dev = torch.device(device)
     if isinstance(path_or_model, nn.Module):
@@ -83,6 +101,12 @@ def open_runtime(path_or_model: Union[str, Path, nn.Module], device: Union[str, 
     kind = runtime_kind(path)
     if kind == "onnxruntime":
         prec = precision or _card_precision(path) or onnx_precision(path)
+        if fp16_cpu not in ("ort", "torch"):
+            raise UserError(f"fp16_cpu must be 'ort' or 'torch', got '{fp16_cpu}'")
+        if prec == "fp16" and fp16_cpu == "torch" and not _ort_cuda(dev, providers):
+            from .onnx_torch import GraphRuntime
+
+            return GraphRuntime(str(path), precision=prec, max_batch=max_batch, device=torch.device("cpu"))
         return OrtRuntime(str(path), providers=providers, precision=prec, max_batch=max_batch, device=dev,
                           threads=threads)
     if kind == "tensorrt":

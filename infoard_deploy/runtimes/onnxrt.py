@@ -159,6 +159,22 @@ class OrtRuntime(Runtime):
             self.session.run_with_iobinding(io)
         return out.float()
 
+    @property
+    def arithmetic(self) -> str:
+        """What arithmetic the session really runs (the CPU EP has no x86 fp16 Conv/Gemm kernels)."""
+        if self.session is None:
+            return f"{self.precision} (onnxruntime, not opened)"
+        if self.on_cuda:
+            return f"{self.precision} (ORT CUDA EP)"
+        if self.precision == "fp16":
+            return "fp32 (ORT CPU inserted casts around fp16 ops)"
+        if self.precision == "int8":
+            if self.shifted_nodes:
+                return (f"int8 (ORT CPU integer kernels; int8 activations run as uint8+128 at {self.shifted_nodes} "
+                        f"Q nodes, {self.relu_lookups} ReLU lookups: exact uint8 rewrite)")
+            return "int8 (ORT CPU, Q/DQ graph as stored)"
+        return f"{self.precision} (ORT CPU)"
+
     def describe(self) -> str:
         where = "cuda" if self.on_cuda else "cpu"
         shift = (f" [int8 activations as uint8+128 at {self.shifted_nodes} Q nodes, {self.relu_lookups} ReLU "

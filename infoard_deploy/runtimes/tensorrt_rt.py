@@ -102,5 +102,9 @@ class TrtRuntime(Runtime):
     def input_shape(self):
         return getattr(self, "_chw", None)
 
+    @property
+    def arithmetic(self) -> str:
+        return f"{self.precision} (TensorRT engine, strongly typed from the ONNX graph)"
+
 
 __all__ = ["TrtRuntime", "torch_dtype"]

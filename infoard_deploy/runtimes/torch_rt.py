@@ -23,6 +23,11 @@ class TorchRuntime(Runtime):
     def _load(self) -> None:
         self.model.to(self.device).eval()
 
+    @property
+    def arithmetic(self) -> str:
+        dt = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+        return f"{'fp16' if dt == torch.float16 else 'fp32'} (torch {self.device.type.upper()})"
+
     @torch.no_grad()
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()

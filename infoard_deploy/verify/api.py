@@ -1,11 +1,16 @@
 """One call from files to a written report: ``run_verification(...)`` (what ``infoard-deploy verify`` runs).
 
 Every input is validated before any attack runs (one-line :class:`UserError` on bad usage): the
-reference loads, the data matches its input shape and class count, every artifact opens and returns
-(N, K) logits for the reference's input shape, attack names exist in the suite and are white-box,
-the output folder holds no earlier report unless ``force``. Then :func:`verify_robustness` streams the
-first ``n`` test examples in batches, checks and gates are evaluated, the report is written, and a
-failed gate raises :class:`GateFailure` (after the report is on disk).
+reference loads, the data matches its input shape and class count, every artifact has a model card
+(or ``allow_cardless``), opens and returns (N, K) outputs for the reference's input shape, attack names
+exist in the suite and are white-box, the output folder holds no earlier report unless ``force``. Then
+:func:`verify_robustness` streams the first ``n`` test examples in batches, checks and gates are evaluated
+(bounds per artifact from its card / precision, :mod:`.bounds`), each failed artifact gets its likely
+cause (:mod:`.diagnose`), the report is written (complete or not at all, :mod:`.report`), and a failed
+gate raises :class:`GateFailure` (after the report is on disk).
+
+fp16 artifacts that would run on ONNX Runtime's CPU provider run op by op in torch float16 instead
+(``fp16_cpu="torch"``, the default): ORT CPU computes fp16 Conv/Gemm in fp32 and would hide fp16 overflow.
 """
 from __future__ import annotations
 
@@ -17,10 +22,13 @@ import torch
 from torch import nn
 
 from ..errors import GateFailure, UserError
-from ..utils import require_file
+from ..utils import require_file, sha256_file
+from .bounds import resolve_bounds
 from .checks import run_checks
+from .diagnose import diagnose_all
 from .gate import GateConfig, evaluate_gates, summary_line
-from .report import build_report, check_out_dir, write_report
+from .provenance import artifact_provenance
+from .report import build_report, check_out_dir, clear_old_report, write_report
 from .robust import AttackFactory, VerifyConfig, VerifyResult, verify_robustness
 
 # Not usable as transfer attacks here: 'square' runs on every artifact itself (--square-queries);
@@ -55,7 +63,8 @@ def check_sweep(eps: float, sweep: Sequence[float]) -> Tuple[float, ...]:
 
 
 def open_artifacts(paths: Sequence[Union[str, Path]], device: torch.device, input_shape: Sequence[int],
-                   num_classes: int, batch_size: int, threads: int = 0) -> List[Tuple[str, Any]]:
+                   num_classes: int, batch_size: int, threads: int = 0,
+                   fp16_cpu: str = "torch") -> List[Tuple[str, Any]]:
     """Open every artifact and probe it with a (2, C, H, W) batch; mismatches are UserErrors."""
     from ..runtimes.factory import open_runtime
 
@@ -64,7 +73,7 @@ def open_artifacts(paths: Sequence[Union[str, Path]], device: torch.device, inpu
     try:
         for p in paths:
             path = require_file(p, "artifact")
-            rt = open_runtime(path, device, max_batch=batch_size, threads=threads)
+            rt = open_runtime(path, device, max_batch=batch_size, threads=threads, fp16_cpu=fp16_cpu)
             out.append((path.name, rt))
             rt.open()
             probe = np.random.default_rng(0).random((2, *input_shape), dtype=np.float32)
@@ -96,12 +105,18 @@ def run_verification(reference: Union[str, Path], artifacts: Sequence[Union[str,
                      out: Union[str, Path] = "verify_report", force: bool = False, masking_threshold: float = 1.0,
                      attack_factory: Optional[AttackFactory] = None, reference_model: Optional[nn.Module] = None,
                      progress: Optional[Callable[[int, Dict[str, float]], None]] = None,
-                     raise_on_gate: bool = True, threads: int = 0) -> Dict[str, Any]:
+                     raise_on_gate: bool = True, threads: int = 0, allow_cardless: bool = False,
+                     fp16_cpu: str = "torch", own_graph_steps: int = 20,
+                     reference_sha256: Optional[str] = None) -> Dict[str, Any]:
     """Verify ``artifacts`` against ``reference``; returns the report dict (also written to ``out``).
 
     ``reference_model`` replaces loading ``reference`` (library use: any differentiable module taking
-    [0,1] inputs); its card is still read from ``reference``. With ``raise_on_gate`` a failed gate raises
-    :class:`GateFailure` after the report is written; otherwise check ``report["passed"]``.
+    [0,1] inputs); its card is still read from ``reference``, and provenance is checked against the
+    sha256 of the ``reference`` file (or ``reference_sha256`` when that file is not on disk). With
+    ``raise_on_gate`` a failed gate raises :class:`GateFailure` after the report is written; otherwise
+    check ``report["passed"]``. ``allow_cardless`` (or ``gates.allow_cardless``) verifies artifacts that
+    have no model card, with a prominent warning; ``own_graph_steps=0`` turns the own-graph white-box
+    attack off; ``fp16_cpu="ort"`` runs fp16 graphs on ONNX Runtime's CPU provider (fp32 arithmetic).
     """
     from ..checkpoint import load_model
     from ..data import BatchLoader, load_data
@@ -116,12 +131,26 @@ def run_verification(reference: Union[str, Path], artifacts: Sequence[Union[str,
         raise UserError(f"--square-queries must be >= 0 (0 disables the query attack), got {square_queries}")
     if not masking_threshold >= 0:
         raise UserError(f"--masking-threshold must be >= 0 percent, got {masking_threshold}")
+    if own_graph_steps < 0:
+        raise UserError(f"--own-graph-steps must be >= 0 (0 disables the own-graph attack), got {own_graph_steps}")
+    if fp16_cpu not in ("torch", "ort"):
+        raise UserError(f"--fp16-cpu must be 'torch' or 'ort', got '{fp16_cpu}'")
+    allow_cardless = bool(allow_cardless or gates.allow_cardless)
+    if allow_cardless and not gates.allow_cardless:
+        from dataclasses import replace
+
+        gates = replace(gates, allow_cardless=True)
     dev = torch.device(device)
     out = Path(out)
     check_out_dir(out, force)
     attacks = check_attacks(attacks) if attack_factory is None else tuple(a.strip().lower() for a in attacks)
+    from ..runtimes.factory import runtime_kind
+
     for a in artifacts:
-        require_file(a, "artifact")
+        runtime_kind(require_file(a, "artifact"))  # an unknown format is named before its missing card
+    ref_path = Path(reference)
+    ref_sha = sha256_file(ref_path) if ref_path.is_file() else reference_sha256
+    provs = [artifact_provenance(Path(a), ref_sha, allow_cardless) for a in artifacts]
     if reference_model is None:
         model, card = load_model(reference)
     else:
@@ -141,12 +170,19 @@ def run_verification(reference: Union[str, Path], artifacts: Sequence[Union[str,
         raise UserError(f"--eps must lie in (0, 1], got {eps}")
     sweep = check_sweep(eps, eps_sweep)
     cfg = VerifyConfig(eps=float(eps), attacks=attacks, square_queries=int(square_queries), eps_sweep=sweep,
-                       seed=int(seed))
+                       seed=int(seed), own_graph_steps=int(own_graph_steps))
     n_used = min(int(n), len(bundle.test))
     loader = BatchLoader(bundle.test, np.arange(n_used), batch_size=batch_size, shuffle=False)
     if threads < 0:
         raise UserError(f"--threads must be >= 0 (0: the runtimes' default), got {threads}")
-    arts = open_artifacts(artifacts, dev, card.input_shape, card.num_classes, batch_size, threads)
+    arts = open_artifacts(artifacts, dev, card.input_shape, card.num_classes, batch_size, threads, fp16_cpu)
+    for (_, rt), prov in zip(arts, provs):
+        src = prov.get("source_onnx")
+        if src and not str(rt.path).lower().endswith(".onnx"):  # an engine: differentiate the graph it came from
+            cand = Path(src) if Path(src).is_absolute() else Path(rt.path).parent / src
+            rt.surrogate_path = str(cand) if cand.is_file() else None
+    if force:
+        clear_old_report(out)
     try:
         res: VerifyResult = verify_robustness(model, arts, loader, cfg, num_classes=card.num_classes, device=dev,
                                               attack_factory=attack_factory, reference_name="torch",
@@ -154,16 +190,22 @@ def run_verification(reference: Union[str, Path], artifacts: Sequence[Union[str,
     finally:
         for _, rt in arts:
             rt.close()
+    for a, prov in zip(res.artifacts, provs):
+        a.info["provenance"] = prov
+        profiles = prov.get("profiles") or []
+        a.info["bounds"] = resolve_bounds(a.precision, prov.get("tolerances"), gates,
+                                          profile_name="card:" + ",".join(profiles) if profiles else "card")
     checks = run_checks(res, masking_threshold=masking_threshold)
     gate_results = evaluate_gates(res, gates)
+    causes = diagnose_all(res, gate_results)
     meta = {"data": data, "split": "test", "n_requested": int(n), "reference": str(reference),
-            "device": str(dev), "batch_size": int(batch_size), "masking_threshold": masking_threshold,
-            "gates": {"max_robust_drop": gates.max_robust_drop, "max_flip_rate": gates.max_flip_rate,
-                      "min_top1_agreement": gates.min_top1_agreement, "max_logit_delta": gates.max_logit_delta}}
-    rep = build_report(res, checks, gate_results, meta)
+            "reference_sha256": ref_sha, "device": str(dev), "batch_size": int(batch_size),
+            "masking_threshold": masking_threshold, "fp16_cpu": fp16_cpu, "own_graph_steps": int(own_graph_steps),
+            "gates": gates.to_dict()}
+    rep = build_report(res, checks, gate_results, meta, causes)
     rep["files"] = {k: str(v) for k, v in write_report(rep, out).items()}
     if raise_on_gate and not rep["passed"]:
-        raise GateFailure(f"{summary_line(gate_results)} (report: {out / 'report.md'})")
+        raise GateFailure(f"{summary_line(gate_results, causes)} (report: {out / 'report.md'})")
     return rep
 
 

@@ -12,8 +12,11 @@ After the run (:func:`run_checks`):
 * ``gradient_masking_suspected`` (reference): Square, a gradient-free attack, breaks samples that every
   white-box attack missed at a notable rate -> gradients are uninformative (Athalye et al., ICML 2018,
   "Obfuscated gradients give a false sense of security"; AutoAttack's black-box-beats-white-box flag).
-* ``query_beats_transfer`` (per artifact): Square on the artifact breaks samples that all transfer attacks
-  missed -> transfer attacks under-estimate the artifact's weakness; trust the query result.
+* ``query_beats_transfer`` (per artifact): Square on the artifact breaks samples that all transfer and
+  own-graph attacks missed -> they under-estimate the artifact's weakness; trust the query result. (The
+  ``query_excess`` *gate* bounds the same count beyond the reference's; this check only reports it.)
+* ``own_graph_gradients`` (per model): the input gradient of its own graph is exactly zero on most samples
+  (``Round``, an input quantiser, a lookup): white-box attacks cannot work on it, only transfer and Square do.
 * ``eps_sweep_monotone`` (per model): robust accuracy must not rise with eps (a rise signals masking).
 * ``nonfinite_outputs`` (per artifact): NaN/inf logits (fp16 overflow, broken quantisation scales).
 """
@@ -69,9 +72,13 @@ def run_checks(res: "VerifyResult", masking_threshold: float = 1.0, sweep_tolera
         p = m.probe
         if p is None:
             continue
+        if m.role == "artifact" and p.probabilities and not (res.reference.probe and res.reference.probe.probabilities):
+            why = ("outputs are probability vectors while the reference emits logits: a softmax was appended or the "
+                   "wrong output exported (see the output_is_logits gate)")
+        else:
+            why = "outputs look like softmax probabilities: CE/margin attacks on them are weakened; export logits"
         out.append(Check("logits_not_probabilities", m.name, "warn" if p.probabilities else "ok",
-                         "outputs look like softmax probabilities: attacks on logits are weakened; export logits"
-                         if p.probabilities else "outputs are logits"))
+                         why if p.probabilities else "outputs are logits"))
         det = p.max_repeat_delta <= 1e-5
         out.append(Check("deterministic_outputs", m.name, "ok" if det else "warn",
                          "identical inputs give identical outputs" if det else
@@ -106,6 +113,17 @@ def run_checks(res: "VerifyResult", masking_threshold: float = 1.0, sweep_tolera
         nf = sum(s.nonfinite for s in a.parity.sets.values()) if a.parity else 0
         out.append(Check("nonfinite_outputs", a.name, "warn" if nf else "ok",
                          f"{nf} outputs with NaN/inf logits" if nf else "all logits finite", float(nf)))
+
+    for m in models:
+        frac = res.zero_grad_fraction(m)
+        if frac is None:
+            continue
+        fired = frac >= 0.5
+        out.append(Check("own_graph_gradients", m.name, "warn" if fired else "ok",
+                         (f"its own graph has zero input gradient on {100 * frac:.0f}% of the samples attacked: a "
+                          "non-differentiable op (Round, input quantiser) masks gradients; white-box attacks cannot "
+                          "reach it") if fired else f"input gradients non-zero on {100 * (1 - frac):.0f}% of samples",
+                         100 * frac))
 
     mults = sorted(res.config.eps_sweep)
     for m in models:
