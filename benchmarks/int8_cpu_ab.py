@@ -31,8 +31,8 @@ def build_forms(name, shape, work: Path):
     import onnx
     import torch
 
-    from infoard_deploy.export.onnx import export_onnx
-    from infoard_deploy.export.quantize import quantize_int8
+    from infoard_deploy.exporting.onnx import export_onnx
+    from infoard_deploy.exporting.quantize import quantize_int8
     from infoard_deploy.models import build_model
     from infoard_deploy.runtimes.ort_int8 import relu_islands_to_lookup, shift_int8_activations_to_uint8
 

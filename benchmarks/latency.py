@@ -8,7 +8,7 @@ Models:
   * ``mobilenetv2`` (3x32x32, 10 classes), randomly initialised (latency and parity only; its accuracy
     would be chance). INT8 calibration on uniform random images, which is fine for timing only.
 
-Timing: :func:`infoard_deploy.bench.measure` (host array in, logits out), batch 1 and 64, ``--threads``
+Timing: :func:`infoard_deploy.benchmarking.measure` (host array in, logits out), batch 1 and 64, ``--threads``
 intra-op threads for both torch and ONNX Runtime, measurements interleaved over ``--rounds`` rounds
 (median of the per-round medians) so background load drifts hit every runtime alike. Targets:
 ORT fp32 <= 0.6x torch eager latency, ORT INT8 <= 0.8x ORT fp32. ``--investigate`` also times session
@@ -35,10 +35,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infoard_deploy.bench import measure  # noqa: E402
-from infoard_deploy.export.checks import compare_logits  # noqa: E402
-from infoard_deploy.export.onnx import export_onnx, slim_file  # noqa: E402
-from infoard_deploy.export.quantize import quantize_int8  # noqa: E402
+from infoard_deploy.benchmarking import measure  # noqa: E402
+from infoard_deploy.exporting.checks import compare_logits  # noqa: E402
+from infoard_deploy.exporting.onnx import export_onnx, slim_file  # noqa: E402
+from infoard_deploy.exporting.quantize import quantize_int8  # noqa: E402
 from infoard_deploy.runtimes import OrtRuntime, TorchRuntime  # noqa: E402
 from infoard_deploy.runtimes.base import Runtime  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 Builds a demo-like student (cnn-small, PGD-AT on the embedded digits data, eps 0.1), exports it the ways a
 user may legitimately ship it (fp32, opset 17, --slim, fp16, INT8, INT8 recalibrated, INT8 uint8-asymmetric)
-and builds the fault catalogue of :mod:`infoard_deploy.verify.faults` around it (12 faults). Then, for each
+and builds the fault catalogue of :mod:`infoard_deploy.verification.faults` around it (12 faults). Then, for each
 ``n`` and verify seed of the plan, verifies everything against the reference with the *default* gates and
 attacks (``pgd20,cw,apgd-ce,apgd-t`` transfer, own-graph PGD, Square ``--square-queries``):
 
@@ -53,8 +53,8 @@ def main(argv=None) -> int:
 
     from infoard_deploy.data import load_data
     from infoard_deploy.errors import UserError
-    from infoard_deploy.verify import run_verification
-    from infoard_deploy.verify.faults import (FAITHFUL, FAULTS, build_faults, faithful_exports, save_reference,
+    from infoard_deploy.verification import run_verification
+    from infoard_deploy.verification.faults import (FAITHFUL, FAULTS, build_faults, faithful_exports, save_reference,
                                               train_cnn_small)
 
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="verify-faults-"))

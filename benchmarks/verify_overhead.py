@@ -1,7 +1,7 @@
 """Overhead of running a query attack through the runtime wrapper vs raw ``session.run``.
 
 ``infoard-deploy verify`` attacks an ONNX Runtime session with Square through
-:class:`infoard_deploy.verify.RuntimeModule` (an ``nn.Module`` whose ``forward`` calls
+:class:`infoard_deploy.verification.RuntimeModule` (an ``nn.Module`` whose ``forward`` calls
 ``runtime.predict``: torch -> numpy, chunking, numpy -> torch). This script measures what that costs:
 
 1. run Square (suite settings, seeded) through the wrapper once and record every batch it queried;
@@ -12,7 +12,7 @@
    share of it spent inside ``session.run`` (the rest is the attack's own torch bookkeeping, which is
    the same for any model and not wrapper overhead).
 
-Models are untrained (timing only), exported with :func:`infoard_deploy.export.onnx.export_onnx`.
+Models are untrained (timing only), exported with :func:`infoard_deploy.exporting.onnx.export_onnx`.
 
 Usage::
 
@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from infoard_deploy.attacks.suite import make_attack
-from infoard_deploy.export.onnx import export_onnx
+from infoard_deploy.exporting.onnx import export_onnx
 from infoard_deploy.models import build_model
 from infoard_deploy.runtimes.onnxrt import OrtRuntime
-from infoard_deploy.verify import RuntimeModule
+from infoard_deploy.verification import RuntimeModule
 
 CONFIGS = {  # name -> (arch, input shape (C, H, W))
     "cnn-small 1x8x8": ("cnn-small", (1, 8, 8)),

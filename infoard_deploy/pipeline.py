@@ -202,7 +202,7 @@ class Pipeline:
                 # our own interrupted run continues; one that finished with other settings starts over
                 resume = (out / "state.pt").exists() and not self.force and not finished_before
                 call.kwargs.update(resume=resume, force=not resume)
-            else:
+            elif stage in ("export", "verify"):
                 call.kwargs["force"] = True  # the folder is ours (checked by _claim)
             write_text_atomic(out / "command.txt", call.command + "\n")
             self.log(f"== {stage}: {call.command}")

@@ -168,8 +168,8 @@ def seed_scheme(kind: str = "evaluate", *, seed: Optional[int] = None, attacks: 
                 batch_size: Optional[int] = None, batches: Optional[int] = None) -> Dict[str, Any]:
     """How per-call seeds derive from the user's ``seed``; ``kind`` is ``evaluate`` or ``verify``.
 
-    ``evaluate`` (:func:`infoard_deploy.evaluate.evaluate_model`): :func:`batch_seed`; every AA component
-    shares its cascade's seed. ``verify`` (:func:`infoard_deploy.verify.robust.verify_robustness`): every
+    ``evaluate`` (:func:`infoard_deploy.evaluation.evaluate_model`): :func:`batch_seed`; every AA component
+    shares its cascade's seed. ``verify`` (:func:`infoard_deploy.verification.robust.verify_robustness`): every
     attack call of batch ``b`` (transfer attacks, eps sweep, each model's Square) uses ``seed + b``.
     Either way each call runs inside ``torch.random.fork_rng`` after ``torch.manual_seed(s)``, with
     torchattacks' APGD/FAB/Square ``.seed`` set to ``s`` too. ``attacks`` (in run order) adds the index

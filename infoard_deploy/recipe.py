@@ -173,7 +173,7 @@ class Recipe:
         """Registry names (data, architectures, methods, attacks, profiles, device) exist."""
         from .attacks import ATTACKS
         from .data import DATASETS
-        from .export.profiles import PROFILES
+        from .exporting.profiles import PROFILES
         from .methods import METHODS
         from .models import MODELS
         from .teacher_methods import TEACHER_METHODS

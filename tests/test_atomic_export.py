@@ -12,9 +12,9 @@ import torch
 
 from infoard_deploy.card import ModelCard, load_card
 from infoard_deploy.checkpoint import save_model
-from infoard_deploy.export import pipeline
-from infoard_deploy.export.pipeline import export_artifacts, staging_path
-from infoard_deploy.export.profiles import load_profile
+from infoard_deploy.exporting import pipeline
+from infoard_deploy.exporting.pipeline import export_artifacts, staging_path
+from infoard_deploy.exporting.profiles import load_profile
 from infoard_deploy.models import build_model
 from infoard_deploy.utils import sha256_file
 

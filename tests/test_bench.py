@@ -17,7 +17,7 @@ def tiny(tmp_path_factory):
     """A randomly initialised cnn-small checkpoint with card, and its fp32 ONNX export."""
     from infoard_deploy.card import ModelCard
     from infoard_deploy.checkpoint import save_model
-    from infoard_deploy.export.onnx import export_onnx
+    from infoard_deploy.exporting.onnx import export_onnx
     from infoard_deploy.models import build_model
 
     torch.manual_seed(0)
@@ -56,7 +56,7 @@ class SleepyRuntime(Runtime):
 
 
 def test_measure_reports_known_latency_and_throughput():
-    from infoard_deploy.bench import measure
+    from infoard_deploy.benchmarking import measure
 
     rt = SleepyRuntime(ms=2.0)
     res = measure(rt, (1, 4, 4), batch_sizes=(1, 8), warmup=2, iters=10)
@@ -71,7 +71,7 @@ def test_measure_reports_known_latency_and_throughput():
 
 
 def test_measure_peak_memory_sees_allocations():
-    from infoard_deploy.bench import measure, reset_peak_rss
+    from infoard_deploy.benchmarking import measure, reset_peak_rss
 
     if not reset_peak_rss():
         pytest.skip("the kernel refuses to reset the RSS high-water mark here")
@@ -84,7 +84,7 @@ def test_measure_peak_memory_sees_allocations():
 
 
 def test_measure_real_runtimes(tiny):
-    from infoard_deploy.bench import measure
+    from infoard_deploy.benchmarking import measure
     from infoard_deploy.runtimes import OrtRuntime, TorchRuntime
 
     for rt in (OrtRuntime(str(tiny.onnx), threads=1), TorchRuntime(tiny.model)):
@@ -94,7 +94,7 @@ def test_measure_real_runtimes(tiny):
 
 
 def test_measure_rejects_bad_settings():
-    from infoard_deploy.bench import measure
+    from infoard_deploy.benchmarking import measure
 
     with pytest.raises(UserError):
         measure(SleepyRuntime(0.1), (1, 2, 2), batch_sizes=(0,))

@@ -196,7 +196,7 @@ def test_own_dynamo_onnx_export_loads_back_as_differentiable_teacher(tmp_path):
     import torch
 
     from infoard_deploy.checkpoint import load_model
-    from infoard_deploy.export.onnx import export_onnx
+    from infoard_deploy.exporting.onnx import export_onnx
     from infoard_deploy.models import build_model
 
     torch.manual_seed(0)

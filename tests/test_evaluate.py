@@ -12,8 +12,8 @@ from torch import nn
 from infoard_deploy.attacks import ATTACKS
 from infoard_deploy.attacks.suite import AttackSpec
 from infoard_deploy.data import BatchLoader, load_data
-from infoard_deploy.evaluate import evaluate_model
-from infoard_deploy.evaluate_checks import BoundsTracker, black_box_check
+from infoard_deploy.evaluation import evaluate_model
+from infoard_deploy.evaluation_checks import BoundsTracker, black_box_check
 from infoard_deploy.models import build_model
 
 EPS = 0.1  # the digits default radius
@@ -248,7 +248,7 @@ class _Marked(nn.Module):
 def test_checks_cover_every_batch(digits, robust_model, how, check):
     """A model that is fine on the first batch and misbehaves on the second is still caught."""
     from infoard_deploy.data import to_tensor
-    from infoard_deploy.evaluate_checks import deterministic_check, gradient_check
+    from infoard_deploy.evaluation_checks import deterministic_check, gradient_check
 
     x, y = digits.test.get(np.arange(16))
     x, y = to_tensor(x), torch.from_numpy(y)

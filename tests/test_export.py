@@ -138,7 +138,7 @@ def test_cards_beside_every_artifact(exported, trained):
 def test_int8_graph_is_symmetric_qdq(exported):
     from onnx import numpy_helper
 
-    from infoard_deploy.export.quantize import qdq_summary
+    from infoard_deploy.exporting.quantize import qdq_summary
 
     path = exported.out / "student.int8.onnx"
     m = onnx.load(str(path))
@@ -159,7 +159,7 @@ def test_int8_graph_is_symmetric_qdq(exported):
 
 
 def test_uint8_asymmetric_option_for_onnxruntime(exported, tmp_path):
-    from infoard_deploy.export.quantize import qdq_summary, quantize_int8
+    from infoard_deploy.exporting.quantize import qdq_summary, quantize_int8
 
     rng = np.random.default_rng(0)
     calib = rng.random((64, 1, 8, 8), dtype=np.float32)
@@ -187,7 +187,7 @@ def test_fp16_graph_has_fp16_weights_and_fp32_io(exported):
 def test_calibration_draws_training_images_only(trained, monkeypatch):
     import infoard_deploy.data as data_mod
     from infoard_deploy.data import split_indices, to_tensor
-    from infoard_deploy.export.data import load_export_images
+    from infoard_deploy.exporting.data import load_export_images
 
     real = data_mod.load_data
 
@@ -221,7 +221,7 @@ def test_calibration_draws_training_images_only(trained, monkeypatch):
 
 # -- profiles ---------------------------------------------------------------------------------------
 def test_shipped_profiles_load_and_register():
-    from infoard_deploy.export.profiles import PROFILES, load_profile
+    from infoard_deploy.exporting.profiles import PROFILES, load_profile
 
     expected = {"ort-cpu-fp32", "ort-cpu-int8", "ort-cuda-fp16", "trt-fp16", "trt-int8", "jetson-orin-fp16",
                 "jetson-orin-int8"}
@@ -252,7 +252,7 @@ def test_shipped_profiles_load_and_register():
     ('name = [', "not valid TOML"),
 ])
 def test_profile_validation_rejects_bad_files(tmp_path, body, msg):
-    from infoard_deploy.export.profiles import load_profile
+    from infoard_deploy.exporting.profiles import load_profile
 
     f = tmp_path / "p.toml"
     f.write_text(body)
@@ -298,7 +298,7 @@ def test_card_without_normalisation_is_refused(trained, tmp_path, cli):
 
 
 def test_unsupported_torch_operator_is_a_user_error(tmp_path):
-    from infoard_deploy.export.onnx import export_onnx
+    from infoard_deploy.exporting.onnx import export_onnx
 
     class Bessel(torch.nn.Module):  # prims.bessel_i1e has no ONNX translation
         def forward(self, x):
@@ -353,7 +353,7 @@ def test_same_model_rerun_without_force_is_refused(exported, trained, cli):
 
 
 def test_trt_without_tensorrt_says_so(trained, tmp_path, cli):
-    from infoard_deploy.export.tensorrt import TRT_MISSING, tensorrt_available
+    from infoard_deploy.exporting.tensorrt import TRT_MISSING, tensorrt_available
 
     if tensorrt_available():
         pytest.skip("TensorRT and a GPU are present here")
@@ -369,8 +369,8 @@ def test_trt_without_tensorrt_says_so(trained, tmp_path, cli):
 
 
 def test_profile_flags_conflict_on_calibration(trained, tmp_path):
-    from infoard_deploy.export.pipeline import plan
-    from infoard_deploy.export.profiles import load_profile
+    from infoard_deploy.exporting.pipeline import plan
+    from infoard_deploy.exporting.profiles import load_profile
 
     a, b = load_profile("ort-cpu-int8"), load_profile("jetson-orin-int8")  # minmax vs entropy
     with pytest.raises(UserError, match="different INT8 calibration"):

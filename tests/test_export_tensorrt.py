@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from infoard_deploy.errors import UserError
-from infoard_deploy.export.tensorrt import build_engine, network_flags, profile_shapes, trt_version
+from infoard_deploy.exporting.tensorrt import build_engine, network_flags, profile_shapes, trt_version
 
 
 class _Rec:
@@ -154,12 +154,12 @@ def test_trt_runtime_dtype_mapping_and_device_check():
 
 @pytest.mark.trt
 def test_real_engine_build_and_parity(tmp_path):
-    from infoard_deploy.export.tensorrt import tensorrt_available
+    from infoard_deploy.exporting.tensorrt import tensorrt_available
 
     if not tensorrt_available():
         pytest.skip("needs TensorRT and an NVIDIA GPU")
-    from infoard_deploy.export.onnx import export_onnx
-    from infoard_deploy.export.quantize import quantize_int8, to_fp16
+    from infoard_deploy.exporting.onnx import export_onnx
+    from infoard_deploy.exporting.quantize import quantize_int8, to_fp16
     from infoard_deploy.models import build_model
     from infoard_deploy.runtimes.tensorrt_rt import TrtRuntime
 

@@ -35,7 +35,7 @@ def _torch_teacher(arch: str):
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
     """{(arch, fmt): (torch teacher, graph teacher loaded by load_model)} for fmt in onnx / torchscript."""
-    from infoard_deploy.export.onnx import export_onnx
+    from infoard_deploy.exporting.onnx import export_onnx
 
     out = {}
     d = tmp_path_factory.mktemp("teachers")

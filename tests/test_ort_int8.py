@@ -27,8 +27,8 @@ def _fused_ops(model_or_path, tmp_path, name):
 def test_cpu_int8_shift_is_exact_and_fuses_every_conv(tmp_path):
     """The rewrites ORT CPU sessions use (uint8+128, ReLU lookups): logits bit-identical, every conv / add / relu
     fused, the file untouched."""
-    from infoard_deploy.export.onnx import export_onnx
-    from infoard_deploy.export.quantize import quantize_int8
+    from infoard_deploy.exporting.onnx import export_onnx
+    from infoard_deploy.exporting.quantize import quantize_int8
     from infoard_deploy.models import build_model
     from infoard_deploy.runtimes.factory import open_runtime
     from infoard_deploy.runtimes.ort_int8 import relu_islands_to_lookup, shift_int8_activations_to_uint8

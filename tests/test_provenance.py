@@ -75,7 +75,7 @@ def test_seed_scheme_matches_the_evaluator():
     import importlib
 
     # by module path: the package also exposes an ``evaluate`` API function
-    assert importlib.import_module("infoard_deploy.evaluate")._batch_seed is P.batch_seed
+    assert importlib.import_module("infoard_deploy.evaluation")._batch_seed is P.batch_seed
     s = P.seed_scheme("evaluate", seed=7, attacks=["clean", "pgd20", "aa"], batch_size=64, batches=3)
     assert s["seed"] == 7 and s["attack_order"] == ["clean", "pgd20", "aa"] and s["batch_size"] == 64
     # the formula in the record is the one the code uses

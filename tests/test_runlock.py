@@ -120,8 +120,8 @@ def test_training_and_export_refuse_a_locked_folder(holder, tiny_bundle, tmp_pat
     """The trainer and the exporter take the lock before touching the folder: nothing is written."""
     from infoard_deploy.card import ModelCard
     from infoard_deploy.checkpoint import save_model
-    from infoard_deploy.export.pipeline import export_artifacts
-    from infoard_deploy.export.profiles import load_profile
+    from infoard_deploy.exporting.pipeline import export_artifacts
+    from infoard_deploy.exporting.profiles import load_profile
     from infoard_deploy.models import build_model
     from infoard_deploy.train import TrainConfig, build_teacher_method, train
 

@@ -36,8 +36,8 @@ def deployed(tmp_path_factory, _one_thread):
     from infoard_deploy.checkpoint import save_model
     from infoard_deploy.card import ModelCard
     from infoard_deploy.data import load_data, to_tensor
-    from infoard_deploy.export.onnx import export_onnx
-    from infoard_deploy.export.quantize import quantize_int8
+    from infoard_deploy.exporting.onnx import export_onnx
+    from infoard_deploy.exporting.quantize import quantize_int8
 
     d = tmp_path_factory.mktemp("verify")
     bundle = load_data("digits")
@@ -208,7 +208,7 @@ def test_unknown_artifact_format_is_rejected(cli, deployed, tmp_path):
 
 
 def test_wrong_shape_artifact_is_rejected(cli, deployed, tmp_path):
-    from infoard_deploy.export.onnx import export_onnx
+    from infoard_deploy.exporting.onnx import export_onnx
     from infoard_deploy.models import build_model
 
     other = build_model("cnn-small", 10, 1, 12, [0.5], [0.5]).eval()

@@ -3,7 +3,7 @@ faithful export passes, and what ran is what the report says.
 
 One module fixture trains a cnn-small PGD-AT student on digits (eps 0.1, a few seconds), exports it
 through the real export pipeline (fp32, fp16, INT8 symmetric and uint8-asymmetric) and builds the fault
-catalogue of :mod:`infoard_deploy.verify.faults` around it. Verification runs at test budgets (n 100,
+catalogue of :mod:`infoard_deploy.verification.faults` around it. Verification runs at test budgets (n 100,
 pgd20 + apgd-ce transfer, own-graph PGD, Square 100) with default gates; most tests verify many
 artifacts in one run (the reference's numbers do not depend on them, which is itself tested).
 """
@@ -33,7 +33,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, _one_thread):
     from infoard_deploy.data import load_data
-    from infoard_deploy.verify.faults import FAULTS, build_faults, faithful_exports, save_reference, train_cnn_small
+    from infoard_deploy.verification.faults import FAULTS, build_faults, faithful_exports, save_reference, train_cnn_small
 
     d = tmp_path_factory.mktemp("faults")
     bundle = load_data("digits")
@@ -87,7 +87,7 @@ def test_each_fault_names_its_cause(world, main_report, fault, gates, cause):
 
 def test_retrained_model_is_caught_by_provenance_alone(world, tmp_path):
     """Same architecture, another seed, honest card: only provenance needs to speak (the rest is skipped)."""
-    from infoard_deploy.verify import GateConfig
+    from infoard_deploy.verification import GateConfig
 
     skip = ("top1_agreement", "adv_agreement", "max_logit_delta", "clean_drop", "robust_drop", "robust_gain",
             "flip_rate", "reverse_flip_rate", "query_excess")
@@ -142,7 +142,7 @@ def test_reference_numbers_do_not_depend_on_the_artifacts(world):
     from infoard_deploy.checkpoint import load_model
     from infoard_deploy.data import BatchLoader
     from infoard_deploy.runtimes.factory import open_runtime
-    from infoard_deploy.verify import VerifyConfig, verify_robustness
+    from infoard_deploy.verification import VerifyConfig, verify_robustness
 
     model, _ = load_model(world["ref"])
     cfg = VerifyConfig(eps=EPS, attacks=("pgd20", "apgd-ce"), square_queries=50, eps_sweep=(), seed=3)
@@ -160,7 +160,7 @@ def test_reference_numbers_do_not_depend_on_the_artifacts(world):
 
 
 def test_killed_verify_never_leaves_a_passing_report(world, tmp_path):
-    from infoard_deploy.verify import run_verification
+    from infoard_deploy.verification import run_verification
 
     out = tmp_path / "rep"
     out.mkdir()
@@ -177,7 +177,7 @@ def test_killed_verify_never_leaves_a_passing_report(world, tmp_path):
 
 
 def test_report_appears_complete_or_not_at_all(world, tmp_path, monkeypatch):
-    from infoard_deploy.verify import report as report_mod
+    from infoard_deploy.verification import report as report_mod
 
     def broken_plots(rep, out):
         (out / "robust_vs_eps.png").write_bytes(b"half")

@@ -10,9 +10,9 @@ from torch import nn
 from infoard_deploy.errors import UserError
 from infoard_deploy.runtimes.onnxrt import OrtRuntime
 from infoard_deploy.runtimes.torch_rt import TorchRuntime
-from infoard_deploy.verify import (GateConfig, ParityStats, RuntimeModule, VerifyConfig, evaluate_gates, run_checks,
+from infoard_deploy.verification import (GateConfig, ParityStats, RuntimeModule, VerifyConfig, evaluate_gates, run_checks,
                                    verify_robustness)
-from infoard_deploy.verify.robust import ROBUST, ModelResult, VerifyResult
+from infoard_deploy.verification.robust import ROBUST, ModelResult, VerifyResult
 
 from verify_helpers import EPS, train_student
 
@@ -42,8 +42,8 @@ def onnx_files(plain, tmp_path_factory):
     import onnx
     from onnxconverter_common import float16
 
-    from infoard_deploy.export.onnx import export_onnx
-    from infoard_deploy.export.quantize import quantize_int8
+    from infoard_deploy.exporting.onnx import export_onnx
+    from infoard_deploy.exporting.quantize import quantize_int8
 
     d = tmp_path_factory.mktemp("units")
     export_onnx(plain, d / "m.onnx", (1, 8, 8))
@@ -197,7 +197,7 @@ def test_gate_config_rejects_bad_bounds(kw):
 
 # -- statistics, bounds, provenance --------------------------------------------------------------------
 def test_wilson_and_newcombe_bounds():
-    from infoard_deploy.verify.stats import newcombe_paired, wilson, z_one_sided
+    from infoard_deploy.verification.stats import newcombe_paired, wilson, z_one_sided
 
     z = z_one_sided(0.95)
     assert z == pytest.approx(1.6449, abs=1e-4)
@@ -214,7 +214,7 @@ def test_wilson_and_newcombe_bounds():
 
 
 def test_decision_rule():
-    from infoard_deploy.verify.stats import decide, paired_decision, rate_decision, z_one_sided
+    from infoard_deploy.verification.stats import decide, paired_decision, rate_decision, z_one_sided
 
     z = z_one_sided(0.95)
     assert not decide(1.0, 0.0, 4.0, 3.0, 2.0).failed       # under the minimum effect: never fails
@@ -229,7 +229,7 @@ def test_decision_rule():
 
 
 def test_bounds_come_from_card_then_precision_then_flags():
-    from infoard_deploy.verify.bounds import resolve_bounds
+    from infoard_deploy.verification.bounds import resolve_bounds
 
     b = resolve_bounds("int8", None, GateConfig())
     assert (b.min_clean_agreement, b.max_robust_drop, b.max_flip_rate, b.max_logit_rel) == (97.0, 3.0, 5.0, 0.5)
@@ -253,7 +253,7 @@ def test_provenance_statuses(tmp_path):
 
     from infoard_deploy.card import card_path_for
     from infoard_deploy.utils import sha256_file
-    from infoard_deploy.verify.provenance import artifact_provenance
+    from infoard_deploy.verification.provenance import artifact_provenance
     from verify_helpers import write_card
 
     ref = tmp_path / "ref.pt"

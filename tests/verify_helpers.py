@@ -6,7 +6,7 @@
 * :class:`InputQuantizer` -- ``round(x * levels) / levels`` in front of a network: its gradient is zero
   almost everywhere, the textbook gradient-masking defence (Athalye et al. 2018) that looks robust to
   white-box attacks and is not.
-* the fault catalogue itself lives in :mod:`infoard_deploy.verify.faults` (shared with
+* the fault catalogue itself lives in :mod:`infoard_deploy.verification.faults` (shared with
   ``benchmarks/verify_faults.py``); :func:`verify_many` runs one verification over many artifacts.
 """
 from __future__ import annotations
@@ -93,7 +93,7 @@ class InputQuantizer(nn.Module):
 
 def verify_many(reference: Path, artifacts, out: Path, *, n: int = 100, seed: int = 0, **kw) -> dict:
     """One ``run_verification`` at test budgets (pgd20 + apgd-ce transfer, own-graph, Square 100); the report."""
-    from infoard_deploy.verify import run_verification
+    from infoard_deploy.verification import run_verification
 
     args = dict(n=n, attacks=("pgd20", "apgd-ce"), square_queries=100, eps=EPS, eps_sweep=(), seed=seed,
                 out=out, force=True, raise_on_gate=False, threads=1, batch_size=128)

@@ -41,8 +41,8 @@ def resolve_profiles(profiles: Sequence[str] = (), *, precisions: Sequence[str] 
                      calib_n: Optional[int] = None, calib_method: Optional[str] = None,
                      opset: Optional[int] = None):
     """Profile names / ``.toml`` paths plus shorthand ``precisions`` (fp32, fp16, int8) and a TensorRT
-    precision -> validated :class:`~infoard_deploy.export.profiles.Profile` objects (default: ort-cpu-fp32)."""
-    from ..export.profiles import load_profile
+    precision -> validated :class:`~infoard_deploy.exporting.profiles.Profile` objects (default: ort-cpu-fp32)."""
+    from ..exporting.profiles import load_profile
 
     if trt is not None and trt not in TRT_PROFILES:
         raise UserError(f"--trt-precision must be fp16 or int8, got '{trt}'")
@@ -81,7 +81,7 @@ def export(model: Union[str, Path], profiles: Sequence[str] = (), *, precisions:
     Each artifact gets a card with its precision, calibration, parity figures (|Δlogit|, top-1 agreement vs
     the fp32 torch model) and the source checkpoint's sha256. ``passed`` is False when a parity gate failed.
     """
-    from ..export.pipeline import export_artifacts
+    from ..exporting.pipeline import export_artifacts
     from ..utils import parse_device
 
     if check_n < 1:
@@ -107,15 +107,15 @@ def verify(reference: Union[str, Path], artifacts: Sequence[Union[str, Path]], d
 
     Runs parity on identical inputs, transfer attacks crafted on the reference and a query attack (Square)
     against each artifact at L-inf radius ``eps`` ([0,1] pixel units) on the first ``n`` test examples, then
-    the gates (:class:`~infoard_deploy.verify.GateConfig`; its fields, e.g. ``max_robust_drop``, may also be
+    the gates (:class:`~infoard_deploy.verification.GateConfig`; its fields, e.g. ``max_robust_drop``, may also be
     given as keywords). Writes the report folder ``out`` and returns it;
     never raises on a failed gate (check ``report.passed``). Extra ``options`` go to
-    :func:`~infoard_deploy.verify.run_verification`.
+    :func:`~infoard_deploy.verification.run_verification`.
     """
     import dataclasses
 
     from ..utils import parse_device
-    from ..verify import GateConfig, run_verification
+    from ..verification import GateConfig, run_verification
 
     set_threads(threads)
     gate_fields = {f.name for f in dataclasses.fields(GateConfig)}
@@ -141,7 +141,7 @@ def bench(artifacts: Sequence[Union[str, Path]] = (), reference: Optional[Union[
     The torch ``reference`` (run eagerly) is measured first; each artifact's ``latency_vs_reference`` is its
     median latency over the reference's at the same batch size. All inputs are validated before timing.
     """
-    from ..bench import measure, open_for_bench
+    from ..benchmarking import measure, open_for_bench
     from ..utils import parse_device, require_file
 
     sizes = [int(b) for b in batch_sizes]

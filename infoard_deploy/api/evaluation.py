@@ -124,7 +124,7 @@ def evaluate(model: Union[str, Path], config: Optional[EvaluateConfig] = None, *
     """
     from ..card import load_card
     from ..data import BatchLoader, load_data
-    from ..evaluate import evaluate_model, resolve_attacks
+    from ..evaluation import evaluate_model, resolve_attacks
     from ..utils import parse_device, require_file, seed_everything, sha256_file
 
     cfg = config if config is not None else EvaluateConfig(**kwargs)

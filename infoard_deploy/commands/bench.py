@@ -6,7 +6,7 @@ Example::
         --batch-sizes 1,64 --threads 2
 
 The reference (a torch checkpoint, run eagerly) is measured first; each artifact's speed-up is its
-median latency relative to the reference at the same batch size. See :mod:`infoard_deploy.bench` for
+median latency relative to the reference at the same batch size. See :mod:`infoard_deploy.benchmarking` for
 exactly what is timed and what the memory figure counts.
 """
 from __future__ import annotations

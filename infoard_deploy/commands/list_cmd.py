@@ -26,7 +26,7 @@ SECTIONS = [
     ("teacher-methods", "infoard_deploy.train", "TEACHER_METHODS"),
     ("attacks", "infoard_deploy.attacks", "ATTACKS"),
     ("runtimes", "infoard_deploy.runtimes", "RUNTIMES"),
-    ("export-profiles", "infoard_deploy.export.profiles", "PROFILES"),
+    ("export-profiles", "infoard_deploy.exporting.profiles", "PROFILES"),
 ]
 
 

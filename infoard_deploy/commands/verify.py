@@ -3,7 +3,7 @@
 Exit codes: 0 every artifact passed its gates; 1 a gate failed (the report, written first, says which
 and the likely cause); 2 bad usage (missing file, bad value, unknown attack, an artifact without a model
 card unless --allow-cardless). Every gate is on by default with bounds per artifact from its card /
-precision; the flags below replace a bound for every artifact. See :mod:`infoard_deploy.verify.gate`.
+precision; the flags below replace a bound for every artifact. See :mod:`infoard_deploy.verification.gate`.
 """
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def register(app: typer.Typer) -> None:
                                                          "1 is fastest for small models on a busy machine"),
     ) -> None:
         """Parity + transfer + query robustness of deployed artifacts vs the torch reference; exit 1 on a failed gate."""
-        from ..verify import GateConfig, run_verification
+        from ..verification import GateConfig, run_verification
 
         gates = GateConfig(max_robust_drop=max_robust_drop, max_robust_gain=max_robust_gain,
                            max_flip_rate=max_flip_rate,

@@ -6,7 +6,7 @@ tensors"): ``engine.num_io_tensors`` / ``get_tensor_name`` / ``get_tensor_mode``
 buffers (no pycuda, no binding indices), ``context.execute_async_v3(stream)`` on a torch CUDA stream.
 Batches below the engine profile's minimum are zero-padded; above its maximum they are chunked.
 
-``import tensorrt`` happens on :meth:`open` only (``infoard_deploy.export.tensorrt.import_tensorrt``),
+``import tensorrt`` happens on :meth:`open` only (``infoard_deploy.exporting.tensorrt.import_tensorrt``),
 so importing this module costs nothing without TensorRT.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ class TrtRuntime(Runtime):
         self.min_batch = 1
 
     def _load(self) -> None:
-        from ..export.tensorrt import import_tensorrt
+        from ..exporting.tensorrt import import_tensorrt
 
         trt = import_tensorrt()
         data = require_file(self.path, "TensorRT engine").read_bytes()

@@ -79,8 +79,8 @@ def save_reference(model: nn.Module, path: Path, bundle, eps: float) -> Path:
 
 def export(ref: Path, out: Path, profiles: List, **kw) -> Dict[str, Path]:
     """Faithful exports of ``ref`` through the real export pipeline; ``{precision: path}``."""
-    from ..export.pipeline import export_artifacts
-    from ..export.profiles import load_profile
+    from ..exporting.pipeline import export_artifacts
+    from ..exporting.profiles import load_profile
 
     profs = [load_profile(p) if isinstance(p, str) else p for p in profiles]
     res = export_artifacts(ref, profs, out, calib_data="digits", force=True, **kw)
@@ -92,7 +92,7 @@ FAITHFUL = ("fp32", "fp32-opset17", "fp32-slim", "fp16", "int8", "int8-recal", "
 
 def faithful_exports(ref: Path, workdir: Path, names=FAITHFUL) -> Dict[str, Path]:
     """The reference exported the ways a user may legitimately ship it (``FAITHFUL``); ``{label: path}``."""
-    from ..export.profiles import load_profile
+    from ..exporting.profiles import load_profile
 
     out: Dict[str, Path] = {}
     base = export(ref, workdir / "base", ["ort-cpu-fp32", "ort-cuda-fp16", "ort-cpu-int8"])
@@ -204,8 +204,8 @@ def build_faults(workdir: Path, reference: Path, exports: Dict[str, Path], bundl
                  epochs: int = 6, names=FAULTS) -> List[Built]:
     """Build the named faults in ``workdir`` around ``reference`` and its faithful ``exports`` (fp32, int8)."""
     from ..data import to_tensor
-    from ..export.quantize import quantize_int8
-    from ..export.onnx import export_onnx
+    from ..exporting.quantize import quantize_int8
+    from ..exporting.onnx import export_onnx
     from ..checkpoint import load_model
 
     workdir.mkdir(parents=True, exist_ok=True)

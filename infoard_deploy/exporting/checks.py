@@ -10,7 +10,7 @@ abs/rel, and NVIDIA maintainers expect ~1e-3 for fp16). Figures reported for eve
 * ``top1_agreement``: fraction of images where both pick the same class;
 * ``accuracy`` / ``reference_accuracy``: clean accuracy on the labelled images (when labels are known).
 
-Gates per precision are :class:`~infoard_deploy.export.profiles.Tolerance` values.
+Gates per precision are :class:`~infoard_deploy.exporting.profiles.Tolerance` values.
 """
 from __future__ import annotations
 

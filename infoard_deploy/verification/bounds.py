@@ -5,7 +5,7 @@ Order of precedence, field by field (every bound in percent / percentage points 
 1. an explicit :class:`~.gate.GateConfig` value (CLI flag such as ``--max-robust-drop``), for every artifact;
 2. the tolerances the export recorded in the artifact's card (``metrics.gate.tolerances``, one table per
    profile that produced the file; the strictest value over those profiles wins);
-3. the precision's defaults, :data:`infoard_deploy.export.profiles.DEFAULT_TOLERANCES` (an artifact of
+3. the precision's defaults, :data:`infoard_deploy.exporting.profiles.DEFAULT_TOLERANCES` (an artifact of
    unknown precision gets the loosest, int8's).
 
 Two bounds the export does not gate have verify-only fallbacks (:data:`VERIFY_FALLBACK`): INT8 logits move
@@ -66,7 +66,7 @@ def card_tolerances(card_tols: Optional[Mapping[str, Any]]) -> Dict[str, float]:
 def resolve_bounds(precision: str, card_tols: Optional[Mapping[str, Any]], gates: "GateConfig",
                    profile_name: str = "card") -> Bounds:
     """Bounds for one artifact (see the module docstring)."""
-    from ..export.profiles import DEFAULT_TOLERANCES
+    from ..exporting.profiles import DEFAULT_TOLERANCES
 
     prec = precision if precision in DEFAULT_TOLERANCES else "int8"
     default = DEFAULT_TOLERANCES[prec].to_dict()

@@ -32,7 +32,7 @@ from .attacks import ATTACKS
 from .attacks.cascade import AutoAttackCascade
 from .attacks.suite import AA_COMPONENTS, make_attack, project_into_ball
 from .errors import UserError
-from .evaluate_checks import (BoundsTracker, Check, DeterminismCheck, GradientCheck, ProbabilityCheck,
+from .evaluation_checks import (BoundsTracker, Check, DeterminismCheck, GradientCheck, ProbabilityCheck,
                               black_box_check, square_and_white_flags)
 from .provenance import (DataFingerprint, batch_seed, resolve_normalisation, runtime_record, seed_scheme,
                          software_versions)
