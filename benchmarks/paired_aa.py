@@ -44,19 +44,10 @@ def flags(run_dir: Path, key: str = "aa") -> np.ndarray:
 
 
 def paired(a: list, b: list, reps: int = 10000, seed: int = 0) -> dict:
-    """``a``, ``b``: per-seed boolean arrays over the same images. Mean difference in points and a bootstrap
-    95 % interval resampling images within each seed."""
-    d = [ai.astype(float) - bi.astype(float) for ai, bi in zip(a, b)]
-    mean = 100.0 * float(np.mean(np.concatenate(d)))
-    rng = np.random.default_rng(seed)
-    boots = np.zeros(reps)
-    for di in d:  # equal-size seeds: the overall mean is the mean of the per-seed means
-        boots += di[rng.integers(0, len(di), size=(reps, len(di)))].mean(1)
-    boots *= 100.0 / len(d)
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return {"diff": round(mean, 2), "ci95": [round(float(lo), 2), round(float(hi), 2)],
-            "a_only": [int((ai & ~bi).sum()) for ai, bi in zip(a, b)],
-            "b_only": [int((bi & ~ai).sum()) for ai, bi in zip(a, b)]}
+    """``a``, ``b``: per-seed boolean arrays over the same images; see :func:`infoard_deploy.stats.paired_difference`."""
+    from infoard_deploy.stats import paired_difference
+
+    return paired_difference(a, b, reps=reps, seed=seed)
 
 
 def main() -> None:

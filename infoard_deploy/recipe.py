@@ -72,7 +72,7 @@ class VerifySection:
     attacks: List[str] = field(default_factory=lambda: ["pgd20", "cw", "apgd-ce", "apgd-t"])
     n: int = 500
     square_queries: int = 1000
-    max_robust_drop: float = 2.0
+    max_robust_drop: Optional[float] = None  # None: the per-precision bound from each artifact's export profile
     batch_size: int = 256
     fail_on_gate: bool = True
 
@@ -151,7 +151,7 @@ class Recipe:
                 raise UserError(f"recipe: {where} must be a positive number, got {value}")
         if not 0 <= self.data.val_fraction < 1:
             raise UserError("data.val_fraction must lie in [0, 1)")
-        if not self.verify.max_robust_drop >= 0:
+        if self.verify.max_robust_drop is not None and not self.verify.max_robust_drop >= 0:
             raise UserError("verify.max_robust_drop must be >= 0")
         if (self.teacher.mean is None) != (self.teacher.std is None):
             raise UserError("teacher.mean and teacher.std go together")

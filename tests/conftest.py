@@ -1,7 +1,6 @@
 """Shared fixtures: tiny models and data, and a CLI runner that returns (exit code, stdout, stderr)."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest

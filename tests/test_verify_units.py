@@ -287,3 +287,29 @@ def test_gate_config_rejects_unknown_skip_and_bad_confidence():
         GateConfig(confidence=1.0)
     with pytest.raises(UserError, match="--min-effect-ratio"):
         GateConfig(min_effect_ratio=1.5)
+
+
+def test_report_records_run_provenance(tmp_path):
+    """Issue 17: software versions, the data's content hash, the seed scheme, the reference's normalisation and
+    every attack's settings are in the verify report."""
+    import json
+
+    from infoard_deploy.api import export, verify
+    from infoard_deploy.card import ModelCard
+    from infoard_deploy.checkpoint import save_model
+    from infoard_deploy.data import load_data
+    from infoard_deploy.models import build_model
+
+    b = load_data("digits")
+    torch.manual_seed(0)
+    m = build_model("cnn-small", 10, 1, 8, b.mean, b.std).eval()
+    ref = save_model(m, tmp_path / "student.pt", ModelCard("cnn-small", 10, [1, 8, 8], list(b.mean), list(b.std),
+                                                           classes=b.classes, dataset="digits", eps=0.1))
+    arts = export(ref, ["ort-cpu-fp32"], calib_data="digits", out=str(tmp_path / "x"), check_n=32).artifact_paths
+    rep = verify(ref, arts, "digits", n=32, attacks=["pgd20"], square_queries=10, eps_sweep=[],
+                 out=str(tmp_path / "r"), device="cpu")
+    p = rep["provenance"]
+    assert p["software"]["torch"] and len(p["data"]["sha256"]) == 64 and p["data"]["n"] == 32
+    assert p["seed_scheme"]["kind"] == "verify" and p["normalisation"]["source"] == "card"
+    assert p["attack_settings"]["square"]["n_queries"] == 10 and "pgd20" in p["attack_settings"]
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["provenance"]["data"] == p["data"]

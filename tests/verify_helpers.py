@@ -15,31 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 EPS = 0.1
 
 
 def train_student(bundle, epochs: int, adversarial: bool, seed: int = 0) -> nn.Module:
-    from infoard_deploy.attacks.pgd import pgd_ce
-    from infoard_deploy.data import BatchLoader
-    from infoard_deploy.models import build_model
+    """cnn-small on digits, PGD-AT at EPS (or plain training): the fault benchmark's own trainer."""
+    from infoard_deploy.verification.faults import train_cnn_small
 
-    torch.manual_seed(seed)
-    m = build_model("cnn-small", 10, 1, 8, bundle.mean, bundle.std)
-    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    for ep in range(epochs):
-        for x, y, _ in BatchLoader(bundle.train, batch_size=64, shuffle=True, seed=seed + ep):
-            if adversarial:
-                m.eval()  # BN in eval mode for the inner maximisation
-                x = pgd_ce(m, x, y, EPS, EPS / 4, 5)
-            m.train()
-            loss = F.cross_entropy(m(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return m.eval()
+    return train_cnn_small(bundle, epochs, EPS if adversarial else 0.0, seed=seed)
 
 
 def write_card(path: Path, *, architecture: str, mean, std, precision: str = "fp32", kind: str = "checkpoint",

@@ -6,7 +6,6 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
 
-from ..errors import UserError
 
 
 @dataclass

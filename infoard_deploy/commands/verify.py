@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import GateFailure, UserError
-from ._common import console, device, emit_json, err_console, floats, parse_eps
+from ._common import STATE, console, emit_json, err_console, floats
 
 
 def _names(text: str, flag: str) -> List[str]:
@@ -127,7 +127,8 @@ def register(app: typer.Typer) -> None:
                                                          "1 is fastest for small models on a busy machine"),
     ) -> None:
         """Parity + transfer + query robustness of deployed artifacts vs the torch reference; exit 1 on a failed gate."""
-        from ..verification import GateConfig, run_verification
+        from ..api import verify
+        from ..verification import GateConfig
 
         gates = GateConfig(max_robust_drop=max_robust_drop, max_robust_gain=max_robust_gain,
                            max_flip_rate=max_flip_rate,
@@ -136,14 +137,7 @@ def register(app: typer.Typer) -> None:
                            min_effect_ratio=min_effect_ratio, confidence=confidence, allow_cardless=allow_cardless,
                            skip=tuple(g.strip() for item in skip_gate for g in item.split(",") if g.strip()))
         sweep = [] if eps_sweep.strip().lower() in ("", "none", "off") else floats(eps_sweep, "--eps-sweep")
-        eps_v = parse_eps(eps) if eps is not None else None
         attack_names = [] if attacks.strip().lower() in ("", "none") else _names(attacks, "--attacks")
-        if threads < 0:
-            raise UserError(f"--threads must be >= 0, got {threads}")
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
         progress = None
         if not json_out:
             def progress(done: int, running: Dict[str, float]) -> None:
@@ -151,11 +145,11 @@ def register(app: typer.Typer) -> None:
                                   + ", ".join(f"{escape(k)} {v:.1f}%" for k, v in running.items()) + "[/dim]",
                                   soft_wrap=True)
 
-        rep = run_verification(reference, artifact, data, data_dir=data_dir, eps=eps_v, n=n, attacks=attack_names,
-                               square_queries=square_queries, eps_sweep=sweep, gates=gates, batch_size=batch_size,
-                               seed=seed, device=device(), out=out, force=force,
-                               masking_threshold=masking_threshold, progress=progress, raise_on_gate=False,
-                               threads=threads, own_graph_steps=own_graph_steps, fp16_cpu=fp16_cpu)
+        rep = verify(reference, artifact, data, data_dir=data_dir, eps=eps, n=n, attacks=attack_names,
+                     square_queries=square_queries, eps_sweep=sweep, gates=gates, batch_size=batch_size, seed=seed,
+                     device=STATE.device_spec, out=out, force=force, masking_threshold=masking_threshold,
+                     progress=progress, threads=threads, own_graph_steps=own_graph_steps,
+                     fp16_cpu=fp16_cpu).to_dict()
         if json_out:
             emit_json({k: v for k, v in rep.items() if k != "samples"})
         else:

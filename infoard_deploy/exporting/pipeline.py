@@ -116,7 +116,9 @@ def _reference_model(model_path: Path):
     except UserError as e:
         if "no model card" in str(e):
             raise UserError(f"export needs the model card beside {model_path.name} ({card_path_for(model_path).name}: "
-                            f"architecture, input shape, mean/std); distill / train-teacher write it") from None
+                            f"architecture, input shape, mean/std, dataset); distill / train-teacher write it, and "
+                            f"`infoard-deploy card {model_path.name} --dataset NAME [--mean ... --std ...]` writes "
+                            f"one for a foreign file") from None
         raise
     model, card = load_model(model_path, card=card)
     return model.cpu().eval(), card

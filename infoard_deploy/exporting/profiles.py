@@ -35,7 +35,6 @@ precision's default in :data:`DEFAULT_TOLERANCES`.
 """
 from __future__ import annotations
 
-import sys
 import tomllib
 import warnings
 from dataclasses import dataclass, field, replace

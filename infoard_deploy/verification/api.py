@@ -118,7 +118,6 @@ def run_verification(reference: Union[str, Path], artifacts: Sequence[Union[str,
     have no model card, with a prominent warning; ``own_graph_steps=0`` turns the own-graph white-box
     attack off; ``fp16_cpu="ort"`` runs fp16 graphs on ONNX Runtime's CPU provider (fp32 arithmetic).
     """
-    from ..checkpoint import load_model
     from ..data import BatchLoader, load_data
 
     if not artifacts:
@@ -152,11 +151,15 @@ def run_verification(reference: Union[str, Path], artifacts: Sequence[Union[str,
     ref_sha = sha256_file(ref_path) if ref_path.is_file() else reference_sha256
     provs = [artifact_provenance(Path(a), ref_sha, allow_cardless) for a in artifacts]
     if reference_model is None:
-        model, card = load_model(reference)
+        from ..checkpoint import load_model_ex
+
+        model, card, ref_info = load_model_ex(reference)
+        norm_source, ref_warnings = ref_info.normalisation_source, list(ref_info.warnings)
     else:
         from ..card import load_card
 
         model, card = reference_model, load_card(reference, required=True)
+        norm_source, ref_warnings = "card", []
     bundle = load_data(data, root=data_dir)
     if list(bundle.input_shape) != list(card.input_shape):
         raise UserError(f"data '{data}' has inputs {tuple(bundle.input_shape)} but the reference takes "
@@ -198,15 +201,47 @@ def run_verification(reference: Union[str, Path], artifacts: Sequence[Union[str,
     checks = run_checks(res, masking_threshold=masking_threshold)
     gate_results = evaluate_gates(res, gates)
     causes = diagnose_all(res, gate_results)
+    prov = _run_provenance(model, loader, cfg, card, norm_source, data, batch_size, ref_warnings)
     meta = {"data": data, "split": "test", "n_requested": int(n), "reference": str(reference),
             "reference_sha256": ref_sha, "device": str(dev), "batch_size": int(batch_size),
             "masking_threshold": masking_threshold, "fp16_cpu": fp16_cpu, "own_graph_steps": int(own_graph_steps),
             "gates": gates.to_dict()}
     rep = build_report(res, checks, gate_results, meta, causes)
+    rep["provenance"] = prov
+    rep["warnings"] = [f"reference: {w}" for w in ref_warnings] + list(rep["warnings"])
     rep["files"] = {k: str(v) for k, v in write_report(rep, out).items()}
     if raise_on_gate and not rep["passed"]:
         raise GateFailure(f"{summary_line(gate_results, causes)} (report: {out / 'report.md'})")
     return rep
+
+
+def _run_provenance(model, loader, cfg: VerifyConfig, card, norm_source: str, data: str,
+                    batch_size: int, warnings: List[str]) -> Dict[str, Any]:
+    """Software versions, a content hash of the examples verified, the seed scheme, the reference's
+    normalisation and the exact settings of every attack (as built for the reference)."""
+    from ..attacks.suite import make_attack
+    from ..provenance import DataFingerprint, normalisation_record, seed_scheme, software_versions
+
+    fp = DataFingerprint()
+    batches = 0
+    for x, y, *_ in loader:
+        fp.update(x, y)
+        batches += 1
+    settings: Dict[str, Any] = {}
+    for name in (*cfg.attacks, *(("square",) if cfg.square_queries else ())):
+        try:
+            over = {"n_queries": cfg.square_queries} if name == "square" else {}
+            settings[name] = make_attack(name, model, cfg.eps, num_classes=card.num_classes, seed=cfg.seed,
+                                         **over).describe()
+        except Exception:  # a custom attack factory's names: the config records them
+            settings[name] = {"name": name}
+    settings["own-graph"] = {"steps": cfg.own_graph_steps, "losses": ["ce", "margin"]}
+    return {"software": software_versions(), "data": {"name": data, "split": "test", **fp.to_json()},
+            "seed_scheme": seed_scheme("verify", seed=cfg.seed, attacks=list(cfg.attacks), batch_size=batch_size,
+                                       batches=batches),
+            "normalisation": normalisation_record(card.mean, card.std, norm_source,
+                                                  warnings if norm_source == "assumed" and not warnings else None),
+            "attack_settings": settings}
 
 
 __all__ = ["run_verification", "check_attacks", "check_sweep", "open_artifacts"]
