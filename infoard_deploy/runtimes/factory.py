@@ -78,7 +78,8 @@ def _ort_cuda(dev: torch.device, providers: Optional[List[str]]) -> bool:
 
 
 def runtime_kind(path: Union[str, Path]) -> str:
-    """``onnxruntime`` | ``tensorrt`` | ``torch`` from a file suffix; unknown suffixes are a UserError."""
+    """``onnxruntime`` | ``tensorrt`` | ``torch``: from the suffix for ONNX / engines / torch files, and for any
+    other name from the bytes (ARD's ``epoch=N.t7``, a ``.tar`` or ``.bin`` holding a state dict)."""
     suffix = Path(path).suffix.lower()
     if suffix == ".onnx":
         return "onnxruntime"
@@ -86,6 +87,14 @@ def runtime_kind(path: Union[str, Path]) -> str:
         return "tensorrt"
     if suffix in TORCH_SUFFIXES:
         return "torch"
+    if Path(path).is_file():
+        from ..models.files import sniff_format
+
+        fmt = sniff_format(Path(path))
+        if fmt == "onnx":
+            return "onnxruntime"
+        if fmt is not None:
+            return "torch"
     raise UserError(f"cannot tell which runtime runs '{Path(path).name}' (use .onnx, .engine/.plan, "
                     f".pt/.pth/.safetensors or TorchScript)")
 
