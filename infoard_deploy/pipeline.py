@@ -211,6 +211,8 @@ class Pipeline:
             write_json_atomic(out / "result.json", {k: v for k, v in data.items() if k != "samples"})
             if stage == "verify" and not data.get("passed", True):
                 self.status[stage] = "gate failed"
+            elif stage == "export" and not data.get("passed", True):
+                self.status[stage] = "parity failed"  # verify still runs: it says how the artifact differs
         self.timings[stage] = time.perf_counter() - t0
         self.fingerprints[stage] = fp
         self.status.setdefault(stage, "done")
@@ -235,8 +237,9 @@ class Pipeline:
             summary = {"run_dir": str(self.run_dir), "status": self.status, "seconds": self.timings,
                        "total_seconds": time.perf_counter() - t0}
             write_json_atomic(self.run_dir / "summary.json", summary)
-        if self.status.get("verify", "").startswith("gate failed") and self.recipe.verify.fail_on_gate:
-            raise GateFailure(f"deployment verification failed; see {self.run_dir / 'verify' / 'report'}")
+        failed = [f"{s} {self.status[s]}" for s in ("export", "verify") if "failed" in self.status.get(s, "")]
+        if failed and self.recipe.verify.fail_on_gate:
+            raise GateFailure(f"{' and '.join(failed)}; see {self.run_dir / 'verify' / 'report' / 'report.md'}")
         return RunResult(summary)
 
 
