@@ -10,7 +10,7 @@ See :mod:`infoard_deploy.api` for a worked example; ``run`` executes a recipe (:
 
 __version__ = "0.1.0"
 
-_API = {"load_model", "train_teacher", "distill", "evaluate", "export", "verify", "bench", "write_card",
+_API = {"load_model", "train_teacher", "distill", "evaluate", "export", "verify", "bench", "write_card", "inspect_model",
         "ModelSpec", "LoadedModel", "TeacherConfig", "DistillConfig", "EvaluateConfig", "TrainingResult",
         "EvaluationResult", "ExportResult", "VerifyReport", "BenchResult", "Result"}
 _PIPELINE = {"run", "RunResult", "list_recipes"}
