@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infoard_deploy.compare import parse_config as _parse  # noqa: E402
+from infoard_deploy.comparison import parse_config as _parse  # noqa: E402
 
 
 def parse_config(cfg: str):

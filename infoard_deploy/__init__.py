@@ -19,22 +19,12 @@ _ERRORS = {"UserError", "GateFailure"}
 
 
 def __getattr__(name: str):
-    if name in _API:
-        from . import api
+    # importlib, not ``from . import x``: that form looks the name up on this package first (recursion)
+    from importlib import import_module
 
-        return getattr(api, name)
-    if name in _PIPELINE:
-        from . import pipeline
-
-        return getattr(pipeline, name)
-    if name in _COMPARE:
-        from . import compare as _compare_module
-
-        return getattr(_compare_module, name)
-    if name in _ERRORS:
-        from . import errors
-
-        return getattr(errors, name)
+    for module, names in (("api", _API), ("pipeline", _PIPELINE), ("comparison", _COMPARE), ("errors", _ERRORS)):
+        if name in names:
+            return getattr(import_module(f"{__name__}.{module}"), name)
     raise AttributeError(f"module 'infoard_deploy' has no attribute '{name}'")
 
 

@@ -185,7 +185,7 @@ class Recipe:
         if self.teacher.path is None:
             MODELS.get(self.teacher.arch)
             TEACHER_METHODS.get(self.teacher.method)
-        from .compare import parse_config
+        from .comparison import parse_config
 
         for c in [*self.compare.configs, self.compare.reference]:
             METHODS.get(parse_config(c)[0])

@@ -8,7 +8,8 @@ import pytest
 import infoard_deploy as ia
 from infoard_deploy.errors import UserError
 
-API = ["load_model", "train_teacher", "distill", "evaluate", "export", "verify", "bench", "run"]
+API = ["load_model", "train_teacher", "distill", "evaluate", "export", "verify", "bench", "run", "compare",
+       "write_card", "inspect_model"]
 
 
 def test_public_names_are_functions_even_after_internal_imports():

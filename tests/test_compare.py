@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from infoard_deploy.compare import Comparison, parse_config
+from infoard_deploy.comparison import Comparison, parse_config
 from infoard_deploy.errors import UserError
 from infoard_deploy.recipe import recipe_from_dict
 from infoard_deploy.stats import mcnemar_exact, paired_difference

@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         """Methods x ablations x seeds with the real trainer; paired per-image differences against a reference."""
         from dataclasses import replace
 
-        from ..compare import Comparison
+        from ..comparison import Comparison
         from ..recipe import resolve_recipe
 
         if out is not None and len(recipes) > 1:
@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
                              log=lambda s: err_console.print(f"[dim]{escape(s)}[/dim]", soft_wrap=True)).run()
             results.append(res.to_dict())
             if not json_out:
-                from ..compare import to_markdown
+                from ..comparison import to_markdown
 
                 console.print(to_markdown(res.to_dict()), markup=False, soft_wrap=True)
                 console.print(f"results in {escape(str(run_dir / 'compare'))}")
