@@ -42,6 +42,25 @@ def parse_config(cfg: str) -> Tuple[str, Optional[bool], Optional[bool]]:
     return base, flags["asa"], flags["mim"]
 
 
+def resolve_config(cfg: str, variants: Optional[Dict[str, Any]] = None) -> Tuple[str, Optional[bool], Optional[bool],
+                                                                                 Dict[str, Any]]:
+    """``(method, asa, mim, opts)`` of a grid config: a ``[compare.variants]`` name (its ``config`` plus its
+    ``opts``) or a plain ``METHOD[+-asa][+-mim]`` (no extra options)."""
+    variants = variants or {}
+    if cfg not in variants:
+        return (*parse_config(cfg), {})
+    v = variants[cfg]
+    if not isinstance(v, dict) or not isinstance(v.get("config"), str) or set(v) - {"config", "opts"}:
+        raise UserError(f"compare variant '{cfg}' must be a table {{config = \"METHOD[+-asa][+-mim]\", "
+                        f"opts = {{...}}}}")
+    if v["config"] in variants:
+        raise UserError(f"compare variant '{cfg}': its config '{v['config']}' must be a method config, not a variant")
+    opts = v.get("opts", {})
+    if not isinstance(opts, dict):
+        raise UserError(f"compare variant '{cfg}': opts must be a table of method options")
+    return (*parse_config(v["config"]), dict(opts))
+
+
 class CompareResult(Result):
     """``rows``: one per (config, seed); ``summary``: per config; ``paired``: per config vs the reference."""
 
@@ -84,7 +103,10 @@ class Comparison:
         r = self.recipe
         d = {"config": config, "seed": seed, "data": asdict(r.data), "eps": r.eps, "teacher": str(teacher),
              "distill": {k: v for k, v in asdict(r.distill).items() if k not in ("method", "asa", "mim")},
-             "compare": {k: v for k, v in asdict(r.compare).items() if k not in ("configs", "seeds", "reference")}}
+             "compare": {k: v for k, v in asdict(r.compare).items()
+                         if k not in ("configs", "seeds", "reference", "variants")}}
+        if config in r.compare.variants:  # a variant's definition is part of what its cells measured
+            d["variant"] = r.compare.variants[config]
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def run_cell(self, config: str, seed: int, teacher: Path) -> Dict[str, Any]:
@@ -97,13 +119,13 @@ class Comparison:
             if ev.get("fingerprint") == fp:
                 self.log(f"- {config} seed {seed}: done, skipped")
                 return ev
-        base, asa, mim = parse_config(config)
+        base, asa, mim, vopts = resolve_config(config, r.compare.variants)
         resume = (out / "state.pt").exists() and not (out / "student.pt").exists() and not self.force
         self.log(f"== {config} seed {seed}")
         t0 = time.perf_counter()
         res = self.api["distill"](
             teacher=str(teacher), student=r.distill.student, method=base, asa=asa, mim=mim,
-            opts=dict(r.distill.options), protocol=r.distill.protocol, data=r.data.name, data_dir=r.data.dir,
+            opts={**r.distill.options, **vopts}, protocol=r.distill.protocol, data=r.data.name, data_dir=r.data.dir,
             download=r.data.download, eps=r.eps, epochs=r.distill.epochs, batch_size=r.distill.batch_size,
             lr=r.distill.lr, seed=seed, train_limit=r.data.train_limit, val_fraction=r.data.val_fraction,
             out=str(out), resume=resume, force=not resume, device=r.device, progress=False)
@@ -119,10 +141,23 @@ class Comparison:
         write_json_atomic(ev_path, ev)
         return ev
 
+    def check_configs(self) -> None:
+        """Build every config's method once (no training) so a bad option fails before the first cell runs."""
+        from .methods import build_method
+
+        r = self.recipe
+        for cfg in r.compare.configs:
+            base, asa, mim, vopts = resolve_config(cfg, r.compare.variants)
+            try:
+                build_method(base, asa=asa, mim=mim, protocol=r.distill.protocol, **{**r.distill.options, **vopts})
+            except UserError as e:
+                raise UserError(f"compare config '{cfg}': {e}") from None
+
     def run(self) -> CompareResult:
         from .runlock import run_lock
 
         c = self.recipe.compare
+        self.check_configs()  # before anything is created
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with run_lock(self.run_dir, what="compare"):
             teacher = self._teacher()
@@ -251,4 +286,4 @@ def compare(recipe, out: Optional[str | Path] = None, *, overrides: Optional[Lis
     return Comparison(r, run_dir, force=force, log=log).run()
 
 
-__all__ = ["compare", "Comparison", "CompareResult", "parse_config", "summarise", "to_markdown"]
+__all__ = ["compare", "Comparison", "CompareResult", "parse_config", "resolve_config", "summarise", "to_markdown"]

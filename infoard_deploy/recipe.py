@@ -81,7 +81,9 @@ class VerifySection:
 class CompareSection:
     """``infoard-deploy compare``: a grid of distillation configs x seeds, evaluated on the same images.
 
-    A config is a method name with ablations: ``rslad+asa`` adds ASA to RSLAD, ``infoard-asa`` removes it.
+    A config is a method name with ablations: ``rslad+asa`` adds ASA to RSLAD, ``infoard-asa`` removes it;
+    or a name defined under ``[compare.variants]``: ``NAME = {config = "infoard", opts = {asa_rule = "teacher"}}``
+    (a config plus method options over ``distill.options``), so design variants sit in the same paired grid.
     Every student is evaluated at its final epoch on the first ``n`` images of ``split`` with ``attacks``
     (per-sample worst case), plus the full standard AutoAttack on the first ``aa_n`` (0: off).
     """
@@ -95,6 +97,7 @@ class CompareSection:
     attacks: List[str] = field(default_factory=lambda: ["clean", "apgd-ce", "apgd-t"])
     aa_n: int = 500
     batch_size: int = 256
+    variants: Dict[str, Any] = field(default_factory=dict)  # NAME -> {config = "...", opts = {...}}
 
 
 @dataclass(frozen=True)
@@ -185,10 +188,10 @@ class Recipe:
         if self.teacher.path is None:
             MODELS.get(self.teacher.arch)
             TEACHER_METHODS.get(self.teacher.method)
-        from .comparison import parse_config
+        from .comparison import resolve_config
 
         for c in [*self.compare.configs, self.compare.reference]:
-            METHODS.get(parse_config(c)[0])
+            METHODS.get(resolve_config(c, self.compare.variants)[0])
         if self.compare.reference not in self.compare.configs:
             raise UserError(f"recipe: compare.reference '{self.compare.reference}' is not one of compare.configs")
         for a in [*self.evaluate.attacks, *self.verify.attacks, *self.compare.attacks]:

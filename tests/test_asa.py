@@ -121,3 +121,46 @@ def test_sync_all_gathers_across_ranks(tmp_path):
     up, down = 0.085, 0.075
     assert torch.allclose(m0[[0, 1, 2, 3, 9]], torch.tensor([up, up, up, down, up]))
     assert torch.allclose(m0[[4, 5, 6, 7, 8]], torch.full((5,), 0.08))
+
+
+def test_teacher_rule_radius_from_teacher_margin():
+    """asa_rule=teacher: eps_i = (eps_min + (eps_max - eps_min) * clamp(p_y - max_other, 0, 1)) * eps."""
+    a = _asa(rule="teacher", eps_min=0.5, eps_max=1.5)
+    y = torch.tensor([3, 3, 3])
+    t = _logits([3, 3, 4], [0.9, 0.4, 0.9])  # sure and right / unsure and right / wrong
+    r = a.radius(torch.tensor([0, 1, 2]), 5, 10, t, y)
+    p = torch.softmax(t, 1)
+    m0 = (p[0, 3] - p[0, torch.arange(10) != 3].max()).item()
+    m1 = (p[1, 3] - p[1, torch.arange(10) != 3].max()).item()
+    assert r.tolist() == pytest.approx([(0.5 + m0) * EPS, (0.5 + m1) * EPS, 0.5 * EPS], abs=1e-7)
+    assert a.eps_mem[:3].tolist() == pytest.approx(r.tolist())  # recorded for statistics
+    # no memory update from visits, and the rule refuses to run without the teacher's logits
+    before = a.eps_mem.clone()
+    a.update(torch.tensor([0]), torch.tensor([3]), _logits([3], [0.9]), [t[:1]], 5, 10)
+    assert torch.equal(a.eps_mem, before)
+    with pytest.raises(RuntimeError, match="teacher"):
+        a.radius(torch.tensor([0]), 5, 10)
+    with pytest.raises(ValueError, match="asa_rule"):
+        ASA(rule="nope")
+
+
+@pytest.mark.parametrize("base", ["rslad", "ard", "iad", "adaad"])
+def test_teacher_rule_runs_inside_every_base(base):
+    """The teacher rule gets the teacher's clean logits in every base method's step (ARD / AdaAD compute them
+    for it) and the attack uses one radius per sample."""
+    from infoard_deploy.methods import StepContext, build_method
+    from infoard_deploy.models import build_model
+
+    torch.manual_seed(0)
+    student = build_model("cnn-small", 10, 1, 8, [0.5], [0.5])
+    teacher = build_model("cnn-small", 10, 1, 8, [0.5], [0.5])
+    m = build_method("infoard", base=base, mim=False, asa_rule="teacher", asa_eps_min=0.5, asa_eps_max=1.5,
+                     asa_warmup=0.0, steps=2)
+    m.setup(student, teacher, num_train=16, num_classes=10, eps=EPS)
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    out = m(student, teacher, x, y, torch.arange(8), StepContext(epoch=0, epochs=1, eps=EPS, num_classes=10))
+    out.loss.backward()
+    used = m.asa.eps_mem[:8]
+    assert ((used >= 0.5 * EPS - 1e-7) & (used <= 1.5 * EPS + 1e-7)).all() and used.unique().numel() > 1
+    assert ((out.x_adv - x).abs().amax(dim=(1, 2, 3)) <= used + 1e-6).all()
+    assert m.describe()["asa"]["rule"] == "teacher"

@@ -376,6 +376,10 @@ BATTERY = [
     (["run", "demo", "--out", "{d}/file"], OUT_FILE),
     (["run", "demo", "--out", "/proc/nope/x"], PROC),
     (["list", "nonsense"], "unknown section 'nonsense'"),
+    (["compare", "demo", "--threads", "-1", "--out", "{d}/o"], "--threads must be >= 0"),
+    (["compare", "demo", "--set", "compare.variants.v={{config='infoard',opts={{asa_rule='nope'}}}}",
+      "--set", "compare.configs=['infoard','v']", "--out", "{d}/o"],
+     "compare config 'v': option 'asa_rule' must be one of visit, teacher, got 'nope'"),
 ]
 
 

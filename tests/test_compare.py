@@ -1,5 +1,6 @@
 """`compare`: config parsing, paired statistics, the resumable grid (fake API), and one tiny real grid."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -54,6 +55,7 @@ class FakeAPI(dict):
         from infoard_deploy.api.training import TrainingResult
 
         self.trained.append((kw["method"], kw["asa"], kw["mim"], kw["seed"]))
+        self.opts = getattr(self, "opts", []) + [dict(kw["opts"])]
         out = Path(kw["out"])
         out.mkdir(parents=True, exist_ok=True)
         (out / "student.pt").write_bytes(b"x")
@@ -92,6 +94,32 @@ def test_grid_runs_resumes_and_pairs(tmp_path):
     api3 = FakeAPI()
     Comparison(_recipe(n=3), tmp_path, api=api3).run()
     assert len(api3.trained) == 6  # a changed evaluation setting re-runs the cells
+
+
+def test_variants_carry_options_and_their_own_fingerprint(tmp_path):
+    """A [compare.variants] name trains its config with its options over distill.options; changing a variant's
+    options re-runs only that variant's cells; a bad option fails before any cell runs."""
+    var = {"t": {"config": "infoard-mim", "opts": {"asa_rule": "teacher", "asa_eps_max": 1.5}}}
+    api = FakeAPI()
+    rec = recipe_from_dict({"name": "c", "teacher": {"path": "teacher.pt"}, "data": {"name": "digits"},
+                            "distill": {"options": {"steps": 3}},
+                            "compare": {"configs": ["infoard", "t"], "seeds": [0], "n": 4, "aa_n": 0,
+                                        "variants": var}})
+    Comparison(rec, tmp_path, api=api).run()
+    assert api.trained == [("infoard", None, None, 0), ("infoard", None, False, 0)]
+    assert api.opts == [{"steps": 3}, {"steps": 3, "asa_rule": "teacher", "asa_eps_max": 1.5}]
+    changed = {"t": {"config": "infoard-mim", "opts": {"asa_rule": "teacher", "asa_eps_max": 2.0}}}
+    api2 = FakeAPI()
+    Comparison(replace(rec, compare=replace(rec.compare, variants=changed)), tmp_path, api=api2).run()
+    assert api2.trained == [("infoard", None, False, 0)]  # only the changed variant re-ran
+    bad = {"t": {"config": "infoard", "opts": {"asa_eps_mx": 1.5}}}
+    api3 = FakeAPI()
+    with pytest.raises(UserError, match="compare config 't'.*asa_eps_mx"):
+        Comparison(replace(rec, compare=replace(rec.compare, variants=bad)), tmp_path / "b", api=api3).run()
+    assert api3.trained == [] and not (tmp_path / "b").exists()
+    with pytest.raises(UserError, match="must be a table"):
+        recipe_from_dict({"name": "c", "teacher": {"path": "t.pt"}, "compare": {
+            "configs": ["infoard", "t"], "variants": {"t": {"cfg": "infoard"}}}})
 
 
 def test_reference_must_be_in_the_grid():

@@ -24,7 +24,7 @@ from ..registry import Registry
 from ..utils import parse_fraction
 from .adaad import AdaAD
 from .ard import ARD
-from .asa import ASA, ASA_DEFAULTS
+from .asa import ASA, ASA_DEFAULTS, ASA_RULES
 from .base import AdversarialDistillation, DistillMethod, Schedule, StepContext, StepOutput, TEACHER_FIXES
 from .iad import IAD
 from .infoard import InfoARD
@@ -42,7 +42,7 @@ METHODS.register("infoard", InfoARD,
 
 _CHOICES = {"init": ("uniform", "normal", "zero"), "kl_reduction": ("mean", "batchmean", "sum"),
             "mim_att_mode": ("mse", "nce"), "mim_teacher_input": ("clean", "adv"), "mim_head": ("linear", "mlp"),
-            "base": ("rslad", "ard", "iad", "adaad"), "teacher_fix": TEACHER_FIXES}
+            "base": ("rslad", "ard", "iad", "adaad"), "teacher_fix": TEACHER_FIXES, "asa_rule": ASA_RULES}
 
 
 def _protocol(protocol: Any) -> str:

@@ -36,7 +36,7 @@ class AdaAD(AdversarialDistillation):
         alpha, red = float(hp["alpha"]), str(hp["kl_reduction"])
         if teacher.training:
             teacher.eval()
-        eps, step = self.radius(idx, ctx, x)
+        eps, step = self.radius(idx, ctx, x, teacher, y)
         x_adv = self.attack(student, lambda z: kl_logits(student(z), teacher(z), "none"), x, eps, step, ctx,
                             bn_eval=bool(hp["bn_eval"]), init=str(hp["init"]))
         s_nat = student(x) if alpha < 1.0 else None

@@ -34,11 +34,11 @@ class ARD(AdversarialDistillation):
                 ctx: StepContext) -> StepOutput:
         hp = self.hp
         tau, alpha = float(hp["tau"]), float(hp["alpha"])
-        eps, step = self.radius(idx, ctx, x)
+        t_nat = self.teacher_logits(teacher, x, "clean", y)  # before the attack: ASA's teacher rule reads it
+        eps, step = self.radius(idx, ctx, x, teacher, y)
         x_adv = self.attack(student, lambda z: F.cross_entropy(student(z), y, reduction="none"), x, eps, step, ctx,
                             bn_eval=bool(hp["bn_eval"]), init=str(hp["init"]))
         s_adv = self.student_adv(student, x_adv)
-        t_nat = self.teacher_logits(teacher, x, "clean", y)
         kl = kl_logits(s_adv, t_nat, str(hp["kl_reduction"]), tau)
         loss = alpha * tau * tau * kl
         if alpha < 1.0:

@@ -13,6 +13,13 @@ the method's ``state_dict``. Per visit of sample i (after the attack, from signa
 * ``proposal = clamp(eps_i + eta*eps if good_i else eps_i - eta*eps, eps_min*eps, eps_max*eps)``;
 * ``eps_i <- (1 - m) * eps_i + m * proposal`` (EMA, momentum ``m``; ``m = 1`` is CAT's hard update).
 
+``asa_rule="teacher"`` (added after the rule above measured inert, issue 16) needs no visits: the radius
+is set at every step from the teacher's clean margin on the true class,
+``m_i = clamp(p_T(y_i|x_i) - max_{k != y_i} p_T(k|x_i), 0, 1)`` (0 where the teacher is wrong), as
+``eps_i = (eps_min + (eps_max - eps_min) * m_i) * eps``: samples whose soft label the teacher is sure of are
+attacked harder (its label stays informative further out), those it gets wrong or barely right more gently.
+The memory then only records the last radius used (statistics, checkpoints).
+
 The radius used at epoch e is ``ramp(e) * eps_i`` with a linear warm-up ``ramp = min(1, (e+1)/W)``
 over the first ``warmup`` fraction of epochs (W epochs; AdaAD reports an increasing radius helps);
 the memory is frozen during warm-up, because signals measured at a ramped radius say nothing about eps_i.
@@ -39,13 +46,18 @@ ASA_DEFAULTS: Dict[str, object] = {
     "asa_momentum": 0.5,  # EMA momentum m
     "asa_warmup": 0.1,  # fraction of epochs with a linear global ramp (memory frozen)
     "asa_conf": 0.5,  # teacher confidence p_T(y) needed to trust a sample
+    "asa_rule": "visit",  # visit: the memory rule above; teacher: radius from the teacher's clean margin
 }
+ASA_RULES = ("visit", "teacher")
 
 
 class ASA(nn.Module):
     def __init__(self, eps_min: float = 0.5, eps_max: float = 1.0, eps_init: float = 1.0, step: float = 0.1,
-                 momentum: float = 0.5, warmup: float = 0.1, conf: float = 0.5):
+                 momentum: float = 0.5, warmup: float = 0.1, conf: float = 0.5, rule: str = "visit"):
         super().__init__()
+        if rule not in ASA_RULES:
+            raise ValueError(f"asa_rule must be one of {', '.join(ASA_RULES)}, got '{rule}'")
+        self.rule = str(rule)
         if not 0.0 < eps_min <= eps_max:
             raise ValueError(f"ASA needs 0 < asa_eps_min <= asa_eps_max, got {eps_min} and {eps_max}")
         if not 0.0 < momentum <= 1.0:
@@ -86,10 +98,23 @@ class ASA(nn.Module):
         w = int(round(self.warmup * epochs))
         return 1.0 if w <= 0 else min(1.0, (epoch + 1) / w)
 
-    def radius(self, idx: torch.Tensor, epoch: int, epochs: int) -> torch.Tensor:
-        """(B,) radii for the samples ``idx`` at this epoch (warm-up ramp applied)."""
+    def radius(self, idx: torch.Tensor, epoch: int, epochs: int, teacher_logits: Optional[torch.Tensor] = None,
+               y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B,) radii for the samples ``idx`` at this epoch (warm-up ramp applied). The ``teacher`` rule needs
+        the teacher's clean logits (B, C) and the labels (B,)."""
         if self.eps_mem.numel() == 0:
             raise RuntimeError("ASA.setup(num_train=...) must run before training")
+        if self.rule == "teacher":
+            if teacher_logits is None or y is None:
+                raise RuntimeError("asa_rule=teacher needs the teacher's clean logits and the labels")
+            with torch.no_grad():
+                p = F.softmax(teacher_logits.float(), dim=1)
+                p_y = p.gather(1, y.view(-1, 1)).squeeze(1)
+                other = p.scatter(1, y.view(-1, 1), -1.0).max(1).values
+                m = (p_y - other).clamp(0.0, 1.0)
+                r = (self.eps_min + (self.eps_max - self.eps_min) * m) * self.eps
+            self.eps_mem[idx.to(self.eps_mem.device)] = r.to(self.eps_mem.device)  # statistics only
+            return r * self.ramp(epoch, epochs)
         return self.eps_mem[idx.to(self.eps_mem.device)] * self.ramp(epoch, epochs)
 
     @torch.no_grad()
@@ -107,7 +132,7 @@ class ASA(nn.Module):
         self._stats["seen"] += good.numel()
         if self.visited.numel() == self.eps_mem.numel():
             self.visited[idx.to(self.visited.device)] = True
-        if self.ramp(epoch, epochs) < 1.0:
+        if self.ramp(epoch, epochs) < 1.0 or self.rule == "teacher":  # teacher rule: no memory to update
             return good
         dev = self.eps_mem.device
         idx, good = idx.to(dev), good.to(dev)
@@ -161,4 +186,4 @@ class ASA(nn.Module):
         return out
 
 
-__all__ = ["ASA", "ASA_DEFAULTS"]
+__all__ = ["ASA", "ASA_DEFAULTS", "ASA_RULES"]

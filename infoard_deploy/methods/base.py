@@ -199,7 +199,8 @@ class AdversarialDistillation(DistillMethod):
         """
         hp = self.hp
         asa = None if self.asa is None else {k: getattr(self.asa, k) for k in
-                                            ("eps_min", "eps_max", "eps_init", "step", "momentum", "warmup", "conf")}
+                                            ("rule", "eps_min", "eps_max", "eps_init", "step", "momentum", "warmup",
+                                                      "conf")}
         mim = None if self.mim is None else {
             "feat": self.mim.w_feat, "att": self.mim.w_att, "levels": self.mim.levels, "tau": self.mim.tau,
             "dim": self.mim.dim, "att_mode": self.mim.att_mode, "teacher_input": self.mim.teacher_input,
@@ -217,10 +218,19 @@ class AdversarialDistillation(DistillMethod):
         self._s_feats: Optional[Dict[str, torch.Tensor]] = None
         self._eps_used: Any = None
 
-    def radius(self, idx: torch.Tensor, ctx: StepContext, x: torch.Tensor):
-        """``(eps, alpha)``: floats, or (B,) tensors when ASA supplies per-sample radii."""
+    def radius(self, idx: torch.Tensor, ctx: StepContext, x: torch.Tensor, teacher: Optional[nn.Module] = None,
+               y: Optional[torch.Tensor] = None):
+        """``(eps, alpha)``: floats, or (B,) tensors when ASA supplies per-sample radii. ASA's ``teacher`` rule
+        reads the teacher's clean logits (computed here, once, if the method has not yet)."""
         if self.asa is not None:
-            eps = self.asa.radius(idx, ctx.epoch, ctx.epochs).to(device=x.device, dtype=torch.float32)
+            t_clean = None
+            if getattr(self.asa, "rule", "visit") == "teacher":
+                if teacher is None or y is None:
+                    raise RuntimeError(f"{self.name}: ASA's teacher rule needs the teacher and labels in radius()")
+                t_clean = self._t_views.get("clean")
+                if t_clean is None:
+                    t_clean = self.teacher_logits(teacher, x, "clean")
+            eps = self.asa.radius(idx, ctx.epoch, ctx.epochs, t_clean, y).to(device=x.device, dtype=torch.float32)
         else:
             eps = float(ctx.eps) * float(self.hp["eps_scale"])
         self._eps_used = eps

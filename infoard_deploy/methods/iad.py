@@ -54,7 +54,7 @@ class IAD(AdversarialDistillation):
         hp = self.hp
         tau, alpha, red = float(hp["tau"]), float(hp["alpha"]), str(hp["kl_reduction"])
         t_nat = self.teacher_logits(teacher, x, "clean", y)
-        eps, step = self.radius(idx, ctx, x)
+        eps, step = self.radius(idx, ctx, x, teacher, y)
         x_adv = self.attack(student, lambda z: F.cross_entropy(student(z), y, reduction="none"), x, eps, step, ctx,
                             bn_eval=bool(hp["bn_eval"]), init=str(hp["init"]))
         s_adv = self.student_adv(student, x_adv)

@@ -35,7 +35,7 @@ class RSLAD(AdversarialDistillation):
         red, log_eps = str(hp["kl_reduction"]), (float(hp["log_eps"]) or None)
         t_nat = self.teacher_logits(teacher, x, "clean", y)
         p_t = F.softmax(t_nat.float(), dim=1)
-        eps, step = self.radius(idx, ctx, x)
+        eps, step = self.radius(idx, ctx, x, teacher, y)
         # attack: nn.KLDivLoss(size_average=False) summed -> per-sample KL (exact, no 1e-5)
         x_adv = self.attack(student, lambda z: kl_to_probs(student(z), p_t, "none"), x, eps, step, ctx,
                             bn_eval=bool(hp["bn_eval"]), init=str(hp["init"]))
