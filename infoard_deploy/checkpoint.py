@@ -23,7 +23,6 @@ from .errors import UserError
 from .models import MODELS, Normalized, build_model
 from .models import normalisation as norm
 from .models.files import extract_weights, read_weights, sniff_format, unrecognised
-from .models.graph import compat_for_onnx2torch as _compat_for_onnx2torch  # noqa: F401 (runtimes import it here)
 from .models.graph import load_onnx, load_torchscript, onnx_input_shape
 from .models.infer import compare, infer_architecture
 from .models.robustbench import RobustBenchEntry, entry_for_path, lookup

@@ -49,7 +49,8 @@ def compat_for_onnx2torch(proto):
     return proto
 
 
-def _read_onnx(path: Path):
+def read_onnx(path: Path):
+    """The ONNX proto of ``path`` (one-line UserError when onnx is missing or the file is unreadable)."""
     try:
         import onnx
     except ImportError:
@@ -57,27 +58,34 @@ def _read_onnx(path: Path):
     try:
         return onnx.load(str(path))
     except Exception as e:
-        raise UserError(f"{path.name} is not a readable ONNX model: {_first_line(e)}") from None
+        raise UserError(f"{Path(path).name} is not a readable ONNX model: {_first_line(e)}") from None
 
 
-def load_onnx(path: Path) -> nn.Module:
+def convert_onnx(proto, name: str) -> nn.Module:
+    """``proto`` as a frozen torch module in eval mode (onnx2torch, after :func:`compat_for_onnx2torch`), keeping
+    the graph's own dtypes; ``name`` is the file name errors mention. Shared by :func:`load_onnx` (fp32 teachers)
+    and ``runtimes.onnx_torch`` (artifacts run in their own precision)."""
     try:
         from onnx2torch import convert
     except ImportError:
         raise UserError("loading an ONNX model needs onnx and onnx2torch (pip install infoard-deploy)") from None
-    proto = compat_for_onnx2torch(_read_onnx(path))
     try:
-        net = convert(proto)
+        net = convert(compat_for_onnx2torch(proto))
     except Exception as e:
-        raise UserError(f"cannot convert {path.name} to torch (onnx2torch): {_first_line(e)}") from None
+        raise UserError(f"cannot convert {name} to torch (onnx2torch): {_first_line(e)[:200]}") from None
     for p in net.parameters():
         p.requires_grad_(False)
-    return net.float()
+    return net.eval()
+
+
+def load_onnx(path: Path) -> nn.Module:
+    """An ONNX file as an fp32 torch module (what a teacher or a reference needs)."""
+    return convert_onnx(read_onnx(path), Path(path).name).float()
 
 
 def onnx_input_shape(path: Path) -> Optional[List[int]]:
     """Static ``[C, H, W]`` of the graph's first real input (batch may be symbolic), else None."""
-    proto = _read_onnx(path)
+    proto = read_onnx(path)
     inits = {i.name for i in proto.graph.initializer}
     for inp in proto.graph.input:
         if inp.name in inits:
@@ -101,4 +109,4 @@ def load_torchscript(path: Path) -> nn.Module:
                             f"({_first_line(e)})") from None
 
 
-__all__ = ["compat_for_onnx2torch", "load_onnx", "onnx_input_shape", "load_torchscript"]
+__all__ = ["compat_for_onnx2torch", "read_onnx", "convert_onnx", "load_onnx", "onnx_input_shape", "load_torchscript"]

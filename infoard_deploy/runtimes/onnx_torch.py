@@ -40,7 +40,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UserError
 from .base import Runtime
 
 _Q_RANGES = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255), np.dtype(np.int16): (-32768, 32767),
@@ -156,28 +155,13 @@ def fold_constant_dequantize(model) -> int:
 
 def graph_module(path: Union[str, Path]) -> nn.Module:
     """The ONNX file as a torch module with the graph's own dtypes (fp16 initializers stay fp16)."""
-    try:
-        import onnx
-        from onnx2torch import convert
-    except ImportError:
-        raise UserError("running an ONNX graph in torch needs onnx and onnx2torch") from None
-    from ..checkpoint import _compat_for_onnx2torch
+    from ..models.graph import convert_onnx, read_onnx
 
     path = Path(path)
-    try:
-        proto = onnx.load(str(path))
-    except Exception as e:
-        raise UserError(f"{path.name} is not a readable ONNX model: {str(e).splitlines()[0]}") from None
+    proto = read_onnx(path)
     _register_qdq_converters()
     fold_constant_dequantize(proto)
-    proto = _compat_for_onnx2torch(proto)
-    try:
-        net = convert(proto)
-    except Exception as e:
-        raise UserError(f"cannot convert {path.name} to torch (onnx2torch): {str(e).splitlines()[0][:200]}") from None
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net.eval()
+    return convert_onnx(proto, path.name)
 
 
 def _input_info(path: Union[str, Path]):
