@@ -107,6 +107,9 @@ class Comparison:
                          if k not in ("configs", "seeds", "reference", "variants")}}
         if config in r.compare.variants:  # a variant's definition is part of what its cells measured
             d["variant"] = r.compare.variants[config]
+        # ... and so are the settings the method resolves to: a changed default (e.g. InfoARD's ASA) must not
+        # leave a stale cell counted under the new meaning of its name
+        d["method"] = self._method(config).describe()
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def run_cell(self, config: str, seed: int, teacher: Path) -> Dict[str, Any]:
@@ -141,17 +144,22 @@ class Comparison:
         write_json_atomic(ev_path, ev)
         return ev
 
-    def check_configs(self) -> None:
-        """Build every config's method once (no training) so a bad option fails before the first cell runs."""
+    def _method(self, cfg: str):
+        """The method a config trains (built, not set up: no models touched)."""
         from .methods import build_method
 
         r = self.recipe
-        for cfg in r.compare.configs:
-            base, asa, mim, vopts = resolve_config(cfg, r.compare.variants)
-            try:
-                build_method(base, asa=asa, mim=mim, protocol=r.distill.protocol, **{**r.distill.options, **vopts})
-            except UserError as e:
-                raise UserError(f"compare config '{cfg}': {e}") from None
+        base, asa, mim, vopts = resolve_config(cfg, r.compare.variants)
+        try:
+            return build_method(base, asa=asa, mim=mim, protocol=r.distill.protocol,
+                                **{**r.distill.options, **vopts})
+        except UserError as e:
+            raise UserError(f"compare config '{cfg}': {e}") from None
+
+    def check_configs(self) -> None:
+        """Build every config's method once (no training) so a bad option fails before the first cell runs."""
+        for cfg in self.recipe.compare.configs:
+            self._method(cfg)
 
     def run(self) -> CompareResult:
         from .runlock import run_lock

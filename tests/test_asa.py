@@ -140,12 +140,16 @@ def test_teacher_rule_radius_from_teacher_margin():
     assert torch.equal(a.eps_mem, before)
     with pytest.raises(RuntimeError, match="teacher"):
         a.radius(torch.tensor([0]), 5, 10)
+    inv = _asa(rule="teacher-inv", eps_min=0.5, eps_max=1.5)  # the inverse map: wrong teacher -> largest radius
+    r_inv = inv.radius(torch.tensor([0, 1, 2]), 5, 10, t, y)
+    assert r_inv.tolist() == pytest.approx([(1.5 - m0) * EPS, (1.5 - m1) * EPS, 1.5 * EPS], abs=1e-7)
     with pytest.raises(ValueError, match="asa_rule"):
         ASA(rule="nope")
 
 
-@pytest.mark.parametrize("base", ["rslad", "ard", "iad", "adaad"])
-def test_teacher_rule_runs_inside_every_base(base):
+@pytest.mark.parametrize("base,rule", [("rslad", "teacher"), ("ard", "teacher"), ("iad", "teacher-inv"),
+                                       ("adaad", "teacher")])
+def test_teacher_rule_runs_inside_every_base(base, rule):
     """The teacher rule gets the teacher's clean logits in every base method's step (ARD / AdaAD compute them
     for it) and the attack uses one radius per sample."""
     from infoard_deploy.methods import StepContext, build_method
@@ -154,7 +158,7 @@ def test_teacher_rule_runs_inside_every_base(base):
     torch.manual_seed(0)
     student = build_model("cnn-small", 10, 1, 8, [0.5], [0.5])
     teacher = build_model("cnn-small", 10, 1, 8, [0.5], [0.5])
-    m = build_method("infoard", base=base, mim=False, asa_rule="teacher", asa_eps_min=0.5, asa_eps_max=1.5,
+    m = build_method("infoard", base=base, mim=False, asa=True, asa_rule=rule, asa_eps_min=0.5, asa_eps_max=1.5,
                      asa_warmup=0.0, steps=2)
     m.setup(student, teacher, num_train=16, num_classes=10, eps=EPS)
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
@@ -163,4 +167,4 @@ def test_teacher_rule_runs_inside_every_base(base):
     used = m.asa.eps_mem[:8]
     assert ((used >= 0.5 * EPS - 1e-7) & (used <= 1.5 * EPS + 1e-7)).all() and used.unique().numel() > 1
     assert ((out.x_adv - x).abs().amax(dim=(1, 2, 3)) <= used + 1e-6).all()
-    assert m.describe()["asa"]["rule"] == "teacher"
+    assert m.describe()["asa"]["rule"] == rule

@@ -379,7 +379,7 @@ BATTERY = [
     (["compare", "demo", "--threads", "-1", "--out", "{d}/o"], "--threads must be >= 0"),
     (["compare", "demo", "--set", "compare.variants.v={{config='infoard',opts={{asa_rule='nope'}}}}",
       "--set", "compare.configs=['infoard','v']", "--out", "{d}/o"],
-     "compare config 'v': option 'asa_rule' must be one of visit, teacher, got 'nope'"),
+     "compare config 'v': option 'asa_rule' must be one of visit, teacher, teacher-inv, got 'nope'"),
 ]
 
 

@@ -144,7 +144,7 @@ def worker(out: str, method: str) -> None:
     else:
         from infoard_deploy.methods import build_method
 
-        m = build_method(method, asa_warmup=0.0)  # ASA memory updates from the first epoch
+        m = build_method(method, asa=True, asa_warmup=0.0)  # ASA (opt-in) memory updates from the first epoch
     before = {}
 
     class Spy:  # snapshot the heads and per-sample memories right after setup, on every rank

@@ -65,7 +65,7 @@ def test_teacher_must_match_the_data(digits_teacher, tiny_bundle, tmp_path):
 
 @pytest.mark.parametrize("method,extra", [
     ("ard", ["--epochs", "2"]),  # full digits: learns well above chance (10 %) in 2 epochs
-    ("infoard", ["--epochs", "1", "--train-limit", "256", "--opt", "mim_tau=0.2", "--no-asa"]),  # flags reach it
+    ("infoard", ["--epochs", "1", "--train-limit", "256", "--opt", "mim_tau=0.2", "--asa"]),  # flags reach it (ASA is opt-in)
 ])
 def test_distill_end_to_end(cli, digits_teacher, tmp_path, method, extra):
     out = tmp_path / method
@@ -83,7 +83,7 @@ def test_distill_end_to_end(cli, digits_teacher, tmp_path, method, extra):
     if method == "ard":
         assert len(h) == 2 and h[-1]["val_clean"] > 0.25 and h[-1]["loss"] < h[0]["loss"]
     else:
-        assert card.provenance["asa"] is False and card.provenance["mim"] is True
+        assert card.provenance["asa"] is True and card.provenance["mim"] is True
         assert card.provenance["config"]["opts"] == {"mim_tau": "0.2"}
 
 

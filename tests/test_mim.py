@@ -159,7 +159,7 @@ def test_unhookable_teacher_fails_or_runs_partial(monkeypatch):
         setup(build_method("infoard"))
     assert "\n" not in str(e.value) and "penultimate" in str(e.value) and "attention level off" in str(e.value)
     assert not any(m._forward_hooks for m in student.modules())  # the failed setup left no hooks
-    m = setup(build_method("infoard", mim_partial="true", asa_warmup=0.0))
+    m = setup(build_method("infoard", mim_partial="true", asa=True, asa_warmup=0.0))
     lv = m.mim_levels()
     assert lv["feature"] == "logits" and lv["attention"] == 0 and lv["partial"] and lv["teacher_points"] == "none"
     assert lv["requested"] == {"feature": True, "attention": 3} and lv["notes"]

@@ -114,7 +114,7 @@ def test_infoard_trains_on_graph_teacher(teachers, fmt, base):
     t, g = teachers[("cnn-mnist", fmt)]
     torch.manual_seed(1)
     s = build_model("cnn-mnist-small", K, 1, SIZE, [0.5], [0.25]).train()
-    m = build_method("infoard", base=base, asa_warmup=0.0)
+    m = build_method("infoard", base=base, asa=True, asa_warmup=0.0)
     m.setup(s, g, num_train=32, num_classes=K, eps=0.1, student_arch="cnn-mnist-small", teacher_arch=fmt,
             input_shape=[1, SIZE, SIZE])
     try:

@@ -1,4 +1,4 @@
-"""Distillation methods: faithful ARD / RSLAD / IAD-I / AdaAD baselines and InfoARD (ASA + MIM).
+"""Distillation methods: faithful ARD / RSLAD / IAD-I / AdaAD baselines and InfoARD (MIM, ASA opt-in).
 
 :data:`METHODS` maps a name to a method class (see :mod:`.base` for the interface the trainer uses);
 :func:`build_method` is the one way to construct one from strings (CLI, recipes):
@@ -9,7 +9,8 @@
 
     build_method("ard", protocol="matched")             # same KL reduction / schedule / attack as InfoARD
 
-``asa`` / ``mim``: ``None`` = the method's default (off for baselines, on for InfoARD). Options are the
+``asa`` / ``mim``: ``None`` = the method's default (off for baselines; InfoARD: MIM on, ASA off since it measured
+no gain, BENCHMARKS.md). Options are the
 method's hyper-parameters (``method_options(name)``) plus the ``asa_*`` and ``mim_*`` keys; strings are
 converted to the default's type ("8/255" works for floats); unknown keys raise UserError listing the valid ones.
 ``protocol``: ``official`` (published settings) or ``matched`` (see :mod:`.protocol`); the method records it
@@ -38,7 +39,7 @@ METHODS.register("rslad", RSLAD, about="RSLAD (Zi et al. ICCV 2021): robust soft
 METHODS.register("iad", IAD, about="IAD-I (Zhu et al. ICLR 2022): ARD + teacher-trust-weighted introspection")
 METHODS.register("adaad", AdaAD, about="AdaAD (Huang et al. CVPR 2023): teacher-in-the-loop attack, KL(T(x')||S(x'))")
 METHODS.register("infoard", InfoARD,
-                 about="InfoARD (Cai et al. TIP 2025, our design): RSLAD base + ASA + MIM (InfoNCE + attention)")
+                 about="InfoARD (Cai et al. TIP 2025, our design): RSLAD base + MIM (InfoNCE + attention); ASA with --asa")
 
 _CHOICES = {"init": ("uniform", "normal", "zero"), "kl_reduction": ("mean", "batchmean", "sum"),
             "mim_att_mode": ("mse", "nce"), "mim_teacher_input": ("clean", "adv"), "mim_head": ("linear", "mlp"),

@@ -18,7 +18,9 @@ is set at every step from the teacher's clean margin on the true class,
 ``m_i = clamp(p_T(y_i|x_i) - max_{k != y_i} p_T(k|x_i), 0, 1)`` (0 where the teacher is wrong), as
 ``eps_i = (eps_min + (eps_max - eps_min) * m_i) * eps``: samples whose soft label the teacher is sure of are
 attacked harder (its label stays informative further out), those it gets wrong or barely right more gently.
-The memory then only records the last radius used (statistics, checkpoints).
+The memory then only records the last radius used (statistics, checkpoints). ``asa_rule="teacher-inv"`` inverts
+the map, ``eps_i = (eps_max - (eps_max - eps_min) * m_i) * eps``: the samples near the teacher's boundary get the
+larger radius (tried because the ``teacher`` rule lost to one uniform radius of the same mean, BENCHMARKS.md).
 
 The radius used at epoch e is ``ramp(e) * eps_i`` with a linear warm-up ``ramp = min(1, (e+1)/W)``
 over the first ``warmup`` fraction of epochs (W epochs; AdaAD reports an increasing radius helps);
@@ -46,9 +48,9 @@ ASA_DEFAULTS: Dict[str, object] = {
     "asa_momentum": 0.5,  # EMA momentum m
     "asa_warmup": 0.1,  # fraction of epochs with a linear global ramp (memory frozen)
     "asa_conf": 0.5,  # teacher confidence p_T(y) needed to trust a sample
-    "asa_rule": "visit",  # visit: the memory rule above; teacher: radius from the teacher's clean margin
+    "asa_rule": "visit",  # visit: the memory rule above; teacher / teacher-inv: from the teacher's clean margin
 }
-ASA_RULES = ("visit", "teacher")
+ASA_RULES = ("visit", "teacher", "teacher-inv")
 
 
 class ASA(nn.Module):
@@ -104,7 +106,7 @@ class ASA(nn.Module):
         the teacher's clean logits (B, C) and the labels (B,)."""
         if self.eps_mem.numel() == 0:
             raise RuntimeError("ASA.setup(num_train=...) must run before training")
-        if self.rule == "teacher":
+        if self.rule in ("teacher", "teacher-inv"):
             if teacher_logits is None or y is None:
                 raise RuntimeError("asa_rule=teacher needs the teacher's clean logits and the labels")
             with torch.no_grad():
@@ -112,6 +114,8 @@ class ASA(nn.Module):
                 p_y = p.gather(1, y.view(-1, 1)).squeeze(1)
                 other = p.scatter(1, y.view(-1, 1), -1.0).max(1).values
                 m = (p_y - other).clamp(0.0, 1.0)
+                if self.rule == "teacher-inv":
+                    m = 1.0 - m
                 r = (self.eps_min + (self.eps_max - self.eps_min) * m) * self.eps
             self.eps_mem[idx.to(self.eps_mem.device)] = r.to(self.eps_mem.device)  # statistics only
             return r * self.ramp(epoch, epochs)
@@ -132,7 +136,7 @@ class ASA(nn.Module):
         self._stats["seen"] += good.numel()
         if self.visited.numel() == self.eps_mem.numel():
             self.visited[idx.to(self.visited.device)] = True
-        if self.ramp(epoch, epochs) < 1.0 or self.rule == "teacher":  # teacher rule: no memory to update
+        if self.ramp(epoch, epochs) < 1.0 or self.rule != "visit":  # teacher rules: no memory to update
             return good
         dev = self.eps_mem.device
         idx, good = idx.to(dev), good.to(dev)

@@ -224,7 +224,7 @@ class AdversarialDistillation(DistillMethod):
         reads the teacher's clean logits (computed here, once, if the method has not yet)."""
         if self.asa is not None:
             t_clean = None
-            if getattr(self.asa, "rule", "visit") == "teacher":
+            if getattr(self.asa, "rule", "visit") != "visit":
                 if teacher is None or y is None:
                     raise RuntimeError(f"{self.name}: ASA's teacher rule needs the teacher and labels in radius()")
                 t_clean = self._t_views.get("clean")
