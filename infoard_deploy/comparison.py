@@ -99,12 +99,15 @@ class Comparison:
         pipe.run_stage("teacher")
         return pipe.teacher_path
 
-    def _fingerprint(self, config: str, seed: int, teacher: Path) -> str:
+    def _fingerprint(self, config: str, seed: int, teacher: Path, training_only: bool = False) -> str:
+        """Hash of what a cell measured; ``training_only``: of what its student was trained with (no evaluation
+        settings), so a changed evaluation re-evaluates the trained student instead of training it again."""
         r = self.recipe
         d = {"config": config, "seed": seed, "data": asdict(r.data), "eps": r.eps, "teacher": str(teacher),
-             "distill": {k: v for k, v in asdict(r.distill).items() if k not in ("method", "asa", "mim")},
-             "compare": {k: v for k, v in asdict(r.compare).items()
-                         if k not in ("configs", "seeds", "reference", "variants")}}
+             "distill": {k: v for k, v in asdict(r.distill).items() if k not in ("method", "asa", "mim")}}
+        if not training_only:
+            d["compare"] = {k: v for k, v in asdict(r.compare).items()
+                            if k not in ("configs", "seeds", "reference", "variants")}
         if config in r.compare.variants:  # a variant's definition is part of what its cells measured
             d["variant"] = r.compare.variants[config]
         # ... and so are the settings the method resolves to: a changed default (e.g. InfoARD's ASA) must not
@@ -112,16 +115,16 @@ class Comparison:
         d["method"] = self._method(config).describe()
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def run_cell(self, config: str, seed: int, teacher: Path) -> Dict[str, Any]:
-        r, c = self.recipe, self.recipe.compare
-        out = self.cell_dir(config, seed)
-        fp = self._fingerprint(config, seed, teacher)
-        ev_path = out / "eval.json"
-        if ev_path.exists() and not self.force:
-            ev = json.loads(ev_path.read_text())
-            if ev.get("fingerprint") == fp:
-                self.log(f"- {config} seed {seed}: done, skipped")
-                return ev
+    def _train(self, config: str, seed: int, teacher: Path, out: Path) -> Dict[str, Any]:
+        """Train the cell's student, or reuse one this grid already trained with the same settings."""
+        r = self.recipe
+        tfp = self._fingerprint(config, seed, teacher, training_only=True)
+        done_path = out / "trained.json"
+        if done_path.exists() and (out / "student.pt").exists() and not self.force:
+            done = json.loads(done_path.read_text())
+            if done.get("fingerprint") == tfp:
+                self.log(f"- {config} seed {seed}: trained, evaluating")
+                return done
         base, asa, mim, vopts = resolve_config(config, r.compare.variants)
         resume = (out / "state.pt").exists() and not (out / "student.pt").exists() and not self.force
         self.log(f"== {config} seed {seed}")
@@ -132,14 +135,30 @@ class Comparison:
             download=r.data.download, eps=r.eps, epochs=r.distill.epochs, batch_size=r.distill.batch_size,
             lr=r.distill.lr, seed=seed, train_limit=r.data.train_limit, val_fraction=r.data.val_fraction,
             out=str(out), resume=resume, force=not resume, device=r.device, progress=False)
-        train_s = time.perf_counter() - t0
-        student = res.model_path
+        done = {"fingerprint": tfp, "model": str(res.model_path), "train_s": round(time.perf_counter() - t0, 1),
+                "val_clean": res.get("val_clean"), "val_robust": res.get("val_robust"), "warnings": res.warnings}
+        write_json_atomic(done_path, done)
+        return done
+
+    def run_cell(self, config: str, seed: int, teacher: Path) -> Dict[str, Any]:
+        c = self.recipe.compare
+        r = self.recipe
+        out = self.cell_dir(config, seed)
+        fp = self._fingerprint(config, seed, teacher)
+        ev_path = out / "eval.json"
+        if ev_path.exists() and not self.force:
+            ev = json.loads(ev_path.read_text())
+            if ev.get("fingerprint") == fp:
+                self.log(f"- {config} seed {seed}: done, skipped")
+                return ev
+        done = self._train(config, seed, teacher, out)
+        student = done["model"]
         common = dict(data=r.data.name, data_dir=r.data.dir, eps=r.eps, split=c.split, seed=0,
                       val_fraction=r.data.val_fraction, batch_size=c.batch_size, device=r.device)
         main = self.api["evaluate"](student, attacks=list(c.attacks), n=c.n, **common).to_dict()
         aa = self.api["evaluate"](student, attacks=["clean", "aa"], n=c.aa_n, **common).to_dict() if c.aa_n else None
-        ev = {"fingerprint": fp, "config": config, "seed": seed, "train_s": round(train_s, 1),
-              "val_clean": res.get("val_clean"), "val_robust": res.get("val_robust"), "warnings": res.warnings,
+        ev = {"fingerprint": fp, "config": config, "seed": seed, "train_s": done["train_s"],
+              "val_clean": done["val_clean"], "val_robust": done["val_robust"], "warnings": done["warnings"],
               "main": main, "aa": aa}
         write_json_atomic(ev_path, ev)
         return ev

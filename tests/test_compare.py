@@ -64,6 +64,7 @@ class FakeAPI(dict):
     def evaluate(self, model, **kw):
         from infoard_deploy.api.common import Result
 
+        self.evaluated = getattr(self, "evaluated", 0) + 1
         better = "infoard" in str(model) and "-asa" not in str(model)
         if "aa" in kw["attacks"]:
             return Result(_ev([1, 1, 0, 0], [1, 1, 1, 0], aa=[1, 1 if better else 0, 0, 0]))
@@ -93,7 +94,15 @@ def test_grid_runs_resumes_and_pairs(tmp_path):
     assert api2.trained == []  # every cell done: nothing retrained
     api3 = FakeAPI()
     Comparison(_recipe(n=3), tmp_path, api=api3).run()
-    assert len(api3.trained) == 6  # a changed evaluation setting re-runs the cells
+    # a changed evaluation setting re-evaluates every cell, without training the students again
+    assert api3.trained == [] and api3.evaluated == 12  # 6 cells x (main attacks + AutoAttack subset)
+    api4 = FakeAPI()
+    Comparison(_recipe(n=3, seeds=[0, 1]), tmp_path, api=api4, force=True).run()
+    assert len(api4.trained) == 6  # --force trains again
+    api5 = FakeAPI()
+    rec = _recipe(n=3)
+    Comparison(replace(rec, distill=replace(rec.distill, epochs=7)), tmp_path, api=api5).run()
+    assert len(api5.trained) == 6  # a changed training setting trains again
 
 
 def test_variants_carry_options_and_their_own_fingerprint(tmp_path):
