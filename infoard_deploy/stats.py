@@ -48,9 +48,10 @@ def paired_difference(a: Sequence[np.ndarray], b: Sequence[np.ndarray], reps: in
     lo, hi = np.percentile(boots, [2.5, 97.5])
     a_only = [int((np.asarray(ai, bool) & ~np.asarray(bi, bool)).sum()) for ai, bi in zip(a, b)]
     b_only = [int((np.asarray(bi, bool) & ~np.asarray(ai, bool)).sum()) for ai, bi in zip(a, b)]
+    p = mcnemar_exact(sum(a_only), sum(b_only))
     return {"diff": round(100.0 * float(np.concatenate(d).mean()), 3),
             "ci95": [round(float(lo), 3), round(float(hi), 3)],
-            "a_only": a_only, "b_only": b_only, "mcnemar_p": round(mcnemar_exact(sum(a_only), sum(b_only)), 5),
+            "a_only": a_only, "b_only": b_only, "mcnemar_p": float(f"{p:.3g}"),  # 3 significant digits, never rounded to 0
             "pairs": int(weights.sum())}
 
 

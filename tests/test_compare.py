@@ -31,6 +31,9 @@ def test_mcnemar_and_paired_difference():
     assert d["ci95"][0] <= d["diff"] <= d["ci95"][1]
     with pytest.raises(ValueError):
         paired_difference([np.ones(3, bool)], [np.ones(4, bool)])
+    # a decisive difference keeps a tiny but non-zero p (a rounded 0 would read as impossible)
+    big = paired_difference([np.ones(232, bool)], [np.r_[np.ones(25, bool), np.zeros(207, bool)]], reps=200)
+    assert 0 < big["mcnemar_p"] < 1e-30
 
 
 def _ev(bits_wc, bits_clean, aa=None):
