@@ -266,6 +266,16 @@ def to_markdown(res: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _finish(plt, fig, ax, ylabel: str, path: Path) -> Path:
+    """Label, lay out, save (120 dpi) and close one grid figure; returns its path."""
+    ax.set_ylabel(ylabel)
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot(res: Dict[str, Any], out: Path) -> List[Path]:
     """``robust.png`` (mean ± std per config) and ``paired.png`` (differences with their intervals)."""
     import matplotlib
@@ -279,12 +289,7 @@ def plot(res: Dict[str, Any], out: Path) -> List[Path]:
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cfgs), 3.2))
     vals = [res["summary"][c][key] for c in cfgs]
     ax.bar(cfgs, [v["mean"] for v in vals], yerr=[v["std"] for v in vals], capsize=3, color="#4c72b0")
-    ax.set_ylabel(f"{key} robust accuracy (%)")
-    ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    files.append(out / "robust.png")
-    fig.savefig(files[-1], dpi=120)
-    plt.close(fig)
+    files.append(_finish(plt, fig, ax, f"{key} robust accuracy (%)", out / "robust.png"))
     if res["paired"]:
         fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(res["paired"]), 3.2))
         names = list(res["paired"])
@@ -292,12 +297,7 @@ def plot(res: Dict[str, Any], out: Path) -> List[Path]:
         ax.errorbar(names, [x["diff"] for x in d], yerr=[[x["diff"] - x["ci95"][0] for x in d],
                                                          [x["ci95"][1] - x["diff"] for x in d]], fmt="o", capsize=3)
         ax.axhline(0, color="grey", lw=0.8)
-        ax.set_ylabel(f"paired diff vs {res['reference']} (points)")
-        ax.tick_params(axis="x", rotation=30)
-        fig.tight_layout()
-        files.append(out / "paired.png")
-        fig.savefig(files[-1], dpi=120)
-        plt.close(fig)
+        files.append(_finish(plt, fig, ax, f"paired diff vs {res['reference']} (points)", out / "paired.png"))
     return files
 
 
